@@ -1,0 +1,238 @@
+"""load_prepared: validation, protocols end to end, cache, real ml-100k."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from sbrjax.data import builders, negatives, prepared, preprocess, rawfiles
+
+
+@pytest.fixture(name="raw_dir", scope="module")
+def _raw_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("manual")
+  rows = rawfiles.synthetic_ratings(num_users=30, num_items=40, per_user=12)
+  rawfiles.write_grouplens_100k(d, rows, {i: f"Movie {i} (1990)"
+                                          for i in range(1, 41)})
+  return d
+
+
+def _cfg(tmp_path, raw_dir, **kw):
+  c = prepared.default_config()
+  c.data_dir = str(tmp_path / "data")
+  c.manual_dir = str(raw_dir)
+  c.download = False
+  c.num_negatives = 10
+  c.update(kw)
+  return c
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("max_len", 0, r"config\.data\.max_len must be an integer >= 1, got 0"),
+    ("max_len", 2.5, r"config\.data\.max_len"),
+    ("variant", "ml-20m", r"config\.data\.variant is 'ml-20m'.*'ml-1m'"),
+    ("protocol", "sasrec", r"config\.data\.protocol .* \['llmgr', 'llm4sbr'\]"),
+    ("dataset", "netflix", r"config\.data\.dataset"),
+    ("negatives_exclude", "all", r"config\.data\.negatives_exclude"),
+    ("test_fraction", 1.0, r"config\.data\.test_fraction must be a fraction"),
+    ("num_negatives", 0, r"config\.data\.num_negatives"),
+    ("min_count", -1, r"config\.data\.min_count"),
+    ("download", "yes", r"config\.data\.download"),
+])
+def test_validation_names_key_and_fix(tmp_path, key, value, match):
+  # A plain dict: ConfigDict itself would refuse some of these types.
+  c = prepared.default_config().to_dict()
+  c.update(data_dir=str(tmp_path), **{key: value})
+  with pytest.raises(ValueError, match=match):
+    prepared.load_prepared(c)
+
+
+def test_data_dir_defaults_to_env(monkeypatch, tmp_path):
+  monkeypatch.setenv("SBRJAX_DATA_DIR", str(tmp_path / "env"))
+  assert prepared.validate(prepared.default_config()).data_dir == str(
+      tmp_path / "env")
+
+
+@pytest.mark.parametrize("protocol", ["llmgr", "llm4sbr"])
+def test_prepares_consistent_splits_and_reuses_cache(tmp_path, raw_dir,
+                                                     monkeypatch, protocol):
+  c = _cfg(tmp_path, raw_dir, protocol=protocol, max_len=4)
+  d = prepared.load_prepared(c)
+  assert d.name == "movielens/ml-100k" and d.protocol == protocol
+  assert len(d.item_raw_ids) == len(d.item_texts) == d.num_items
+  assert all(t.startswith("Movie ") for t in d.item_texts)
+  for split in (d.train, d.valid, d.test):
+    assert len(split) > 0
+    assert split.lengths.max() <= 4 and split.lengths.min() >= 1
+    assert split.seq_values.max() < d.num_items
+    assert split.targets.max() < d.num_items
+  assert d.train.negatives is None
+  for split in (d.valid, d.test):
+    assert split.negatives.shape == (len(split), 10)
+    assert not (split.negatives == split.targets[:, None]).any()
+  if protocol == "llmgr":
+    assert len(d.valid) == len(d.test) == d.num_users == d.stats["num_users"]
+  else:
+    assert d.stats["unit"] == "session"
+    # Synthetic users have a 2-hour break: 2 sessions each.
+    assert d.num_users == 60
+  assert d.stats["num_test"] == len(d.test)
+  assert d.stats["raw_num_actions"] == 360
+  # Second call: from the cache, without touching the builders.
+  monkeypatch.setattr(builders, "load_canonical",
+                      lambda *a, **k: pytest.fail("cache not used"))
+  d2 = prepared.load_prepared(c)
+  assert d2.fingerprint == d.fingerprint
+  np.testing.assert_array_equal(d2.test.negatives, d.test.negatives)
+  np.testing.assert_array_equal(d2.train.seq_values, d.train.seq_values)
+  assert d2.item_texts == d.item_texts and d2.stats == d.stats
+
+
+def test_seed_changes_negatives_and_fingerprint_only(tmp_path, raw_dir):
+  a = prepared.load_prepared(_cfg(tmp_path, raw_dir, seed=0))
+  b = prepared.load_prepared(_cfg(tmp_path, raw_dir, seed=1))
+  assert a.fingerprint != b.fingerprint
+  np.testing.assert_array_equal(a.test.targets, b.test.targets)
+  assert (a.test.negatives != b.test.negatives).any()
+
+
+def test_history_excluded_from_negatives_by_default(tmp_path, raw_dir):
+  d = prepared.load_prepared(_cfg(tmp_path, raw_dir, max_len=2))
+  # Test inputs of llmgr are everything but the last item: rebuild the full
+  # history from train + valid examples of the same user.
+  last_train = {}
+  for i in range(len(d.train)):
+    last_train[int(d.train.users[i])] = i
+  for i in range(len(d.test)):
+    u = int(d.test.users[i])
+    t = last_train[u]
+    history = set(d.train.sequence(t).tolist()) | {int(d.train.targets[t]),
+                                                   int(d.valid.targets[i])}
+    assert not history & set(d.test.negatives[i].tolist())
+
+
+def test_amazon_items_without_metadata_get_counted_placeholders(tmp_path):
+  rows = rawfiles.synthetic_ratings(num_users=30, num_items=40, per_user=12)
+  meta = [{"asin": f"B{i:09d}", "title": f"Product {i}"}
+          for i in range(1, 41) if i % 4]  # every 4th item has no metadata
+  meta[0]["title"] = ""  # item 1: metadata without title or description
+  rawfiles.write_amazon(tmp_path / "m", "reviews_Beauty_5.json.gz",
+                        "meta_Beauty.json.gz", rows, meta,
+                        python_literal_meta=True)
+  c = _cfg(tmp_path, tmp_path / "m", dataset="amazon", variant="beauty2014",
+           protocol="llm4sbr")
+  d = prepared.load_prepared(c)
+  assert d.name == "amazon/beauty2014" and d.num_users == 30  # 1 per user
+  missing = [r for r in d.item_raw_ids if int(r[1:]) % 4 == 0]
+  assert d.stats["num_items_without_metadata"] == len(missing) > 0
+  assert d.stats["num_placeholder_texts"] == len(missing) + (
+      "B000000001" in d.item_raw_ids)
+  for r, t in zip(d.item_raw_ids, d.item_texts):
+    i = int(r[1:])
+    assert t == (f"item {r}" if i % 4 == 0 or i == 1 else f"Product {i}")
+
+
+def test_empty_after_filtering_raises(tmp_path, raw_dir):
+  with pytest.raises(ValueError, match="k-core"):
+    prepared.load_prepared(_cfg(tmp_path, raw_dir, min_count=500))
+  with pytest.raises(ValueError, match="no session survives"):
+    prepared.load_prepared(_cfg(tmp_path, raw_dir, protocol="llm4sbr",
+                                min_count=500))
+
+
+def _cache_entries(tmp_path):
+  root = tmp_path / "data" / "prepared"
+  return sorted(os.listdir(root)) if root.exists() else []
+
+
+def test_failed_preparation_leaves_nothing_a_later_run_reads(tmp_path, raw_dir,
+                                                             monkeypatch):
+  c = _cfg(tmp_path, raw_dir)
+  calls = {"protocol": 0}
+  real_protocol = preprocess.llmgr_protocol
+  real_sample = negatives.sample_negatives
+
+  def counting_protocol(*a, **k):
+    calls["protocol"] += 1
+    return real_protocol(*a, **k)
+
+  def failing_sample(*a, **k):  # valid succeeds, test fails: midway.
+    if a[4] == "test":
+      raise RuntimeError("killed midway")
+    return real_sample(*a, **k)
+
+  monkeypatch.setattr(preprocess, "llmgr_protocol", counting_protocol)
+  monkeypatch.setattr(negatives, "sample_negatives", failing_sample)
+  with pytest.raises(RuntimeError, match="killed midway"):
+    prepared.load_prepared(c)
+  assert _cache_entries(tmp_path) == []
+
+  # A failure while writing the cache (after arrays.npz is on disk).
+  monkeypatch.setattr(negatives, "sample_negatives", real_sample)
+  real_dump = json.dump
+
+  def failing_dump(*a, **k):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(json, "dump", failing_dump)
+  with pytest.raises(OSError, match="disk full"):
+    prepared.load_prepared(c)
+  assert _cache_entries(tmp_path) == []
+  monkeypatch.setattr(json, "dump", real_dump)
+
+  calls["protocol"] = 0
+  d = prepared.load_prepared(c)
+  assert calls["protocol"] == 1  # re-prepared, not read from a half cache
+  assert len(_cache_entries(tmp_path)) == 1
+  assert prepared.load_prepared(c).fingerprint == d.fingerprint
+  assert calls["protocol"] == 1
+
+
+def test_corrupted_cache_is_rebuilt(tmp_path, raw_dir):
+  c = _cfg(tmp_path, raw_dir)
+  d = prepared.load_prepared(c)
+  (entry,) = _cache_entries(tmp_path)
+  path = tmp_path / "data" / "prepared" / entry / "arrays.npz"
+  with np.load(path) as z:
+    arrays = {k: z[k] for k in z.files}
+  arrays["test/targets"] = arrays["test/targets"][::-1].copy()
+  np.savez(path, **arrays)
+  d2 = prepared.load_prepared(c)
+  assert d2.fingerprint == d.fingerprint
+  np.testing.assert_array_equal(d2.test.targets, d.test.targets)
+
+
+@pytest.fixture(name="ml100k_dir", scope="module")
+def _ml100k_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("ml100k")
+
+
+def test_real_ml100k_from_recbole_wheel_llmgr(ml100k_dir):
+  c = prepared.default_config()
+  c.data_dir = str(ml100k_dir)
+  d = prepared.load_prepared(c)
+  s = d.stats
+  assert (s["raw_num_users"], s["raw_num_items"], s["raw_num_actions"]) == (
+      943, 1682, 100_000)
+  # LLMGR 5-core (users and items, fixed point) as measured.
+  assert (s["num_users"], s["num_items"], s["num_actions"]) == (
+      943, 1349, 99_287)
+  assert s["num_placeholder_texts"] == 0
+  assert len(d.test) == len(d.valid) == 943
+  assert len(d.train) == 99_287 - 3 * 943
+  assert d.test.negatives.shape == (943, 99)
+  assert "Toy Story" in d.item_texts
+  assert d.test.lengths.max() == 50
+
+
+def test_real_ml100k_from_recbole_wheel_llm4sbr(ml100k_dir):
+  c = prepared.default_config()
+  c.data_dir = str(ml100k_dir)
+  c.protocol = "llm4sbr"
+  d = prepared.load_prepared(c)
+  s = d.stats
+  assert (s["num_users"], s["num_items"], s["num_actions"]) == (
+      2652, 1345, 98_634)
+  assert s["num_train"] + s["num_valid"] + s["num_test"] == 98_634 - 2652
+  assert d.test.negatives.shape == (len(d.test), 99)
