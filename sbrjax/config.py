@@ -50,10 +50,11 @@ def base_config() -> ml_collections.ConfigDict:
   sbr.backbone = "srgnn"            # srgnn | gcsan | niser | tagnn
   sbr.embed_dim = 100
   sbr.gnn_steps = 1
-  sbr.dropout = 0.0
+  sbr.dropout = 0.0                 # item-embedding dropout (NISER+); 0 in SR-GNN/GC-SAN
   sbr.gcsan_blocks = 1
   sbr.gcsan_heads = 1
   sbr.gcsan_weight = 0.6
+  sbr.gcsan_dropout = 0.0           # attention/FFN dropout of GC-SAN's blocks
   sbr.niser_scale = 12.0
 
   # ---- Optimisation (SR-GNN paper defaults: Adam 1e-3, x0.1 every 3 epochs, L2 1e-5).
@@ -135,7 +136,7 @@ def llmgr_config(variant: str = "llmgr") -> ml_collections.ConfigDict:
   # The SBR backbone LLMGR wraps (GC-SAN by default, as the paper).
   config.sbr.backbone = "gcsan"
   config.sbr.embed_dim = 64
-  config.sbr.dropout = 0.2
+  config.sbr.gcsan_dropout = 0.2
 
   # ---- Language model.
   config.llm = llm = ml_collections.ConfigDict()

@@ -29,7 +29,9 @@ class MetricWriter:
     if self._writer is None:
       return
     for key, value in scalars.items():
-      self._writer.add_scalar(key, float(np.asarray(value)), global_step=int(step))
+      # TensorBoard tags allow no "@": HR@10 is written as HR_10.
+      self._writer.add_scalar(key.replace("@", "_"), float(np.asarray(value)),
+                              global_step=int(step))
 
   def write_text(self, tag: str, text: str) -> None:
     if self._writer is not None:

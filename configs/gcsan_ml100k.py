@@ -1,0 +1,17 @@
+"""GC-SAN (Xu et al. 2019) on ml-100k, LLMGR leave-one-out protocol."""
+
+from sbrjax.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.sbr.backbone = "gcsan"
+  config.sbr.embed_dim = 64
+  config.sbr.gcsan_blocks = 1
+  config.sbr.gcsan_heads = 1
+  config.sbr.gcsan_weight = 0.6
+  config.sbr.gcsan_dropout = 0.2
+  config.train.batch_size = 256
+  config.train.epochs = 20
+  config.train.patience = 3
+  return config

@@ -1,0 +1,414 @@
+"""Graph session-based recommendation backbones: SR-GNN, GC-SAN, NISER+, TAGNN.
+
+Every backbone reads a ``sbrjax.data.graphs.GraphBatch`` and returns an
+``SBROutput``. Shared conventions:
+
+  * Item embeddings are one table ``item_embedding/embedding`` [I, D] used
+    both as node input and (transposed) as the scoring matrix, as in SR-GNN.
+  * ``seq_states`` [B, L, D] are node states gathered in click order through
+    ``batch.positions`` (a repeated item contributes once per click, as in the
+    reference ``seq_hidden = hidden[alias_inputs]``); clicks at or beyond
+    ``batch.lengths`` are masked everywhere.
+  * Soft-attention readout (SR-GNN eq. 6-7):
+    ``alpha_i = q^T sigmoid(W1 v_n + W2 v_i + c)``, ``s_g = sum_i alpha_i v_i``,
+    ``s_h = W3 [s_l; s_g] + b3`` with ``s_l = v_n`` the last click. The paper
+    writes ``[s_l; s_g]``; the reference code concatenates ``[s_g; s_l]``,
+    which is the same model up to a permutation of W3's columns.
+  * Parameters are initialised U(-1/sqrt(D), 1/sqrt(D)) as the SR-GNN
+    reference does for every tensor (used for all four backbones).
+  * Padding rows (``lengths == 0``) give finite outputs (masked softmaxes use
+    a finite fill value), so masking the loss with ``graph_mask`` is enough.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sbrjax.models.gnn import GatedGNN, uniform_init
+
+BACKBONES = ("srgnn", "gcsan", "niser", "tagnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class SBRConfig:
+  """Configuration of a graph SBR backbone.
+
+  Attributes:
+    backbone: one of ``BACKBONES``.
+    num_items: catalog size I (item ids in [0, I)).
+    embed_dim: width D of item embeddings and node states.
+    gnn_steps: gated-GNN propagation steps (shared weights).
+    dropout: dropout rate on the input item embeddings of the graph nodes
+      (NISER+'s item dropout; 0 reproduces SR-GNN, GC-SAN and TAGNN, whose
+      reference code has no embedding dropout).
+    gcsan_blocks: number of GC-SAN self-attention blocks.
+    gcsan_heads: attention heads (must divide ``embed_dim``; the paper uses 1).
+    gcsan_ffn_dim: inner width of the point-wise FFN (None: ``embed_dim``).
+    gcsan_dropout: dropout on attention probabilities and FFN outputs.
+    gcsan_weight: w in ``final = w * attn_last + (1 - w) * last_click``.
+    niser_scale: NISER's scale sigma on the cosine logits.
+    niser_max_len: number of NISER+ position embeddings; batches must have
+      ``max_len <= niser_max_len``.
+    tagnn_item_chunk: if > 0, TAGNN computes its target-aware scores over
+      item chunks of this size (lax.map) to bound memory at
+      O(B * chunk * L) instead of O(B * I * L).
+    dtype: computation dtype (parameters stay float32; logits are float32).
+  """
+
+  backbone: str
+  num_items: int
+  embed_dim: int = 100
+  gnn_steps: int = 1
+  dropout: float = 0.0
+  gcsan_blocks: int = 1
+  gcsan_heads: int = 1
+  gcsan_ffn_dim: Optional[int] = None
+  gcsan_dropout: float = 0.0
+  gcsan_weight: float = 0.6
+  niser_scale: float = 12.0
+  niser_max_len: int = 50
+  tagnn_item_chunk: int = 0
+  dtype: Any = jnp.float32
+
+
+@flax.struct.dataclass
+class SBROutput:
+  """What a backbone computes for one batch.
+
+  Attributes:
+    item_embeddings: [I, D] the scoring table (L2-normalised for NISER+).
+    node_states: [N_pad, D] node states after the gated GNN.
+    seq_states: [B, L, D] states of the clicks in order (with NISER+'s
+      position embeddings added); rows past ``lengths`` are padding.
+    local: [B, D] last-click state s_l as used by the readout.
+    global_: [B, D] global preference (SR-GNN/NISER+/TAGNN: attention
+      readout s_g; GC-SAN: last self-attention output at the last click).
+    final: [B, D] session embedding that scores items (TAGNN: the
+      target-independent part s_h; NISER+: unit norm, before the scale).
+    logits: [B, I] float32 scores over the catalog (None from
+      ``session_representations``).
+  """
+
+  item_embeddings: jax.Array
+  node_states: jax.Array
+  seq_states: jax.Array
+  local: jax.Array
+  global_: jax.Array
+  final: jax.Array
+  logits: Optional[jax.Array] = None
+
+
+def click_mask(lengths: jax.Array, max_len: int) -> jax.Array:
+  """bool [B, L]: True for the first ``lengths[b]`` clicks of row b."""
+  return jnp.arange(max_len)[None, :] < lengths[:, None]
+
+
+def last_click(seq_states: jax.Array, lengths: jax.Array) -> jax.Array:
+  """[B, D] state at click ``lengths - 1`` (click 0 for empty rows)."""
+  last = jnp.maximum(lengths - 1, 0)
+  return seq_states[jnp.arange(seq_states.shape[0]), last]
+
+
+def masked_softmax(logits: jax.Array, mask: jax.Array,
+                   axis: int = -1) -> jax.Array:
+  """Softmax over ``axis`` ignoring masked entries (uniform if all masked)."""
+  fill = jnp.finfo(logits.dtype).min
+  return jax.nn.softmax(jnp.where(mask, logits, fill), axis=axis)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||, eps) along the last axis (torch F.normalize)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+  return x / jnp.maximum(norm, eps)
+
+
+def _dense(features: int, dim: int, dtype, *, use_bias: bool = True,
+           name: Optional[str] = None) -> nn.Dense:
+  init = uniform_init(1.0 / dim**0.5)
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=init,
+                  bias_init=init, name=name)
+
+
+class SoftAttentionReadout(nn.Module):
+  """SR-GNN readout; ``softmax=True`` normalises alpha over clicks (TAGNN).
+
+  Returns (s_g [B, D], s_h [B, D]).
+  """
+
+  dim: int
+  softmax: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, seq: jax.Array, last: jax.Array, mask: jax.Array):
+    q1 = _dense(self.dim, self.dim, self.dtype, name="w1")(last)  # W1 v_n + c
+    q2 = _dense(self.dim, self.dim, self.dtype, use_bias=False,
+                name="w2")(seq)  # [B, L, D]
+    e = _dense(1, self.dim, self.dtype, use_bias=False, name="q")(
+        jax.nn.sigmoid(q1[:, None, :] + q2))[..., 0]  # [B, L]
+    alpha = masked_softmax(e, mask) if self.softmax else jnp.where(mask, e, 0)
+    s_g = jnp.einsum("bl,bld->bd", alpha, seq)
+    s_h = _dense(self.dim, self.dim, self.dtype, name="w3")(
+        jnp.concatenate([last, s_g], axis=-1))
+    return s_g, s_h
+
+
+class SelfAttentionBlock(nn.Module):
+  """GC-SAN block (eqs. 6-7): F = Attn(H), E = FFN(F) + F.
+
+  Heads split D into ``heads`` parts of ``D / heads`` each and are
+  concatenated back without an output projection (the paper's single-head
+  eq. 6 has none; the FFN mixes the heads). Attention is left-to-right
+  (a click sees itself and earlier clicks), as in RecBole's GC-SAN.
+  """
+
+  dim: int
+  heads: int
+  ffn_dim: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, *,
+               deterministic: bool) -> jax.Array:
+    b, l, _ = x.shape
+    head_dim = self.dim // self.heads
+    init = uniform_init(1.0 / self.dim**0.5)
+
+    def proj(name):
+      return nn.DenseGeneral((self.heads, head_dim), use_bias=False,
+                             dtype=self.dtype, kernel_init=init, name=name)(x)
+
+    q, k, v = proj("query"), proj("key"), proj("value")  # [B, L, H, K]
+    logits = jnp.einsum("bqhk,bshk->bhqs", q, k) / jnp.sqrt(
+        jnp.asarray(head_dim, self.dtype))  # [B, H, L, L]
+    probs = masked_softmax(logits, mask[:, None, :, :])
+    probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
+    f = jnp.einsum("bhqs,bshk->bqhk", probs, v).reshape(b, l, self.dim)
+    y = nn.relu(_dense(self.ffn_dim, self.dim, self.dtype, name="ffn_in")(f))
+    y = _dense(self.dim, self.ffn_dim, self.dtype, name="ffn_out")(y)
+    y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    return y + f
+
+
+class _GraphEncoder(nn.Module):
+  """Item table + gated GNN + click-order gather, shared by the backbones."""
+
+  cfg: SBRConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.item_embedding = nn.Embed(
+        cfg.num_items, cfg.embed_dim, dtype=cfg.dtype,
+        embedding_init=uniform_init(1.0 / cfg.embed_dim**0.5))
+    self.gnn = GatedGNN(cfg.embed_dim, cfg.gnn_steps, dtype=cfg.dtype)
+    self.embed_dropout = nn.Dropout(cfg.dropout)
+
+  def __call__(self, batch, *, deterministic: bool, normalize: bool = False):
+    """Returns (table [I, D], node_states [N, D], seq [B, L, D], mask)."""
+    table = self.item_embedding.embedding.astype(self.cfg.dtype)  # [I, D]
+    h = self.item_embedding(batch.graph.nodes)  # [N, D]
+    h = self.embed_dropout(h, deterministic=deterministic)
+    if normalize:
+      table, h = l2_normalize(table), l2_normalize(h)
+    nodes = self.gnn(batch.graph, h)  # [N, D]
+    seq = nodes[batch.positions]  # [B, L, D]
+    mask = click_mask(batch.lengths, batch.positions.shape[1])
+    return table, nodes, seq, mask
+
+
+def _scores(final: jax.Array, table: jax.Array) -> jax.Array:
+  return jnp.einsum("bd,id->bi", final, table).astype(jnp.float32)
+
+
+class SRGNN(nn.Module):
+  """SR-GNN (Wu et al., AAAI 2019)."""
+
+  cfg: SBRConfig
+
+  def setup(self):
+    self.encoder = _GraphEncoder(self.cfg)
+    self.readout = SoftAttentionReadout(self.cfg.embed_dim,
+                                        dtype=self.cfg.dtype)
+
+  def session_representations(self, batch, *,
+                              deterministic: bool = True) -> SBROutput:
+    table, nodes, seq, mask = self.encoder(batch, deterministic=deterministic)
+    s_l = last_click(seq, batch.lengths)
+    s_g, s_h = self.readout(seq, s_l, mask)
+    return SBROutput(table, nodes, seq, s_l, s_g, s_h)
+
+  def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
+    out = self.session_representations(batch, deterministic=deterministic)
+    return out.replace(logits=_scores(out.final, out.item_embeddings))
+
+
+class GCSAN(nn.Module):
+  """GC-SAN (Xu et al., IJCAI 2019): gated GNN + self-attention blocks."""
+
+  cfg: SBRConfig
+
+  def setup(self):
+    cfg = self.cfg
+    if cfg.embed_dim % cfg.gcsan_heads:
+      raise ValueError(f"SBRConfig.gcsan_heads={cfg.gcsan_heads} must divide "
+                       f"embed_dim={cfg.embed_dim}")
+    self.encoder = _GraphEncoder(cfg)
+    self.blocks = [
+        SelfAttentionBlock(cfg.embed_dim, cfg.gcsan_heads,
+                           cfg.gcsan_ffn_dim or cfg.embed_dim,
+                           cfg.gcsan_dropout, dtype=cfg.dtype)
+        for _ in range(cfg.gcsan_blocks)
+    ]
+
+  def session_representations(self, batch, *,
+                              deterministic: bool = True) -> SBROutput:
+    table, nodes, seq, mask = self.encoder(batch, deterministic=deterministic)
+    l = seq.shape[1]
+    causal = jnp.tril(jnp.ones((l, l), bool))
+    attn_mask = causal[None] & mask[:, None, :]  # [B, Lq, Lk]
+    x = seq
+    for block in self.blocks:
+      x = block(x, attn_mask, deterministic=deterministic)
+    s_l = last_click(seq, batch.lengths)
+    a_t = last_click(x, batch.lengths)
+    w = self.cfg.gcsan_weight
+    final = w * a_t + (1.0 - w) * s_l
+    return SBROutput(table, nodes, seq, s_l, a_t, final)
+
+  def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
+    out = self.session_representations(batch, deterministic=deterministic)
+    return out.replace(logits=_scores(out.final, out.item_embeddings))
+
+
+class NISER(nn.Module):
+  """NISER+ (Gupta et al., 2019): normalised items and sessions, positions.
+
+  Node inputs are dropout-then-L2-normalised item embeddings; after the GNN,
+  click ``j`` (0 = oldest kept click) gets position embedding ``p_j``; the
+  SR-GNN readout's ``s_h`` is L2-normalised and
+  ``logits = niser_scale * s_h . normalize(v_i)``.
+  """
+
+  cfg: SBRConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.encoder = _GraphEncoder(cfg)
+    self.position_embedding = nn.Embed(
+        cfg.niser_max_len, cfg.embed_dim, dtype=cfg.dtype,
+        embedding_init=uniform_init(1.0 / cfg.embed_dim**0.5))
+    self.readout = SoftAttentionReadout(cfg.embed_dim, dtype=cfg.dtype)
+
+  def session_representations(self, batch, *,
+                              deterministic: bool = True) -> SBROutput:
+    l = batch.positions.shape[1]
+    if l > self.cfg.niser_max_len:
+      raise ValueError(
+          f"NISER: batch.positions has max_len {l} > SBRConfig.niser_max_len="
+          f"{self.cfg.niser_max_len}; raise niser_max_len or build graphs "
+          "with a smaller max_len.")
+    table, nodes, seq, mask = self.encoder(batch, deterministic=deterministic,
+                                           normalize=True)
+    seq = seq + self.position_embedding(jnp.arange(l))[None]  # [B, L, D]
+    s_l = last_click(seq, batch.lengths)
+    s_g, s_h = self.readout(seq, s_l, mask)
+    return SBROutput(table, nodes, seq, s_l, s_g, l2_normalize(s_h))
+
+  def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
+    out = self.session_representations(batch, deterministic=deterministic)
+    logits = self.cfg.niser_scale * _scores(out.final, out.item_embeddings)
+    return out.replace(logits=logits)
+
+
+def target_aware_scores(table: jax.Array, seq_t: jax.Array, seq: jax.Array,
+                        mask: jax.Array) -> jax.Array:
+  """TAGNN's target term ``s_t,i . v_i`` for every item i, [B, I].
+
+  ``beta[b, i, :] = softmax over valid clicks s of v_i . (W_t v_s)`` and
+  ``s_t,i = sum_s beta v_s``; ``s_t,i . v_i = sum_s beta (v_i . v_s)``, so
+  only [B, I, L] arrays are formed, never [B, I, D].
+
+  Args:
+    table: [I, D] candidate item embeddings v_i.
+    seq_t: [B, L, D] ``W_t v_s`` of each click.
+    seq: [B, L, D] click states v_s.
+    mask: bool [B, L] valid clicks.
+  """
+  att = jnp.einsum("id,bld->bil", table, seq_t)  # [B, I, L]
+  beta = masked_softmax(att, mask[:, None, :])
+  dots = jnp.einsum("id,bld->bil", table, seq)  # [B, I, L]
+  return jnp.sum(beta * dots, axis=-1)
+
+
+class TAGNN(nn.Module):
+  """TAGNN (Yu et al., SIGIR 2020): target-aware attention per candidate.
+
+  ``logits_i = (s_h + s_t,i) . v_i`` with ``s_h = W3 [s_l; s_g]`` from the
+  readout with softmax-normalised alpha (reference code). Unlike the
+  reference, padded clicks are excluded from both softmaxes.
+  """
+
+  cfg: SBRConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.encoder = _GraphEncoder(cfg)
+    self.readout = SoftAttentionReadout(cfg.embed_dim, softmax=True,
+                                        dtype=cfg.dtype)
+    self.target = _dense(cfg.embed_dim, cfg.embed_dim, cfg.dtype,
+                         use_bias=False)  # W_t
+
+  def session_representations(self, batch, *,
+                              deterministic: bool = True) -> SBROutput:
+    table, nodes, seq, mask = self.encoder(batch, deterministic=deterministic)
+    s_l = last_click(seq, batch.lengths)
+    s_g, s_h = self.readout(seq, s_l, mask)
+    return SBROutput(table, nodes, seq, s_l, s_g, s_h)
+
+  def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
+    out = self.session_representations(batch, deterministic=deterministic)
+    table, seq = out.item_embeddings, out.seq_states
+    mask = click_mask(batch.lengths, seq.shape[1])
+    seq_t = self.target(seq)  # [B, L, D]
+    chunk = self.cfg.tagnn_item_chunk
+    num_items = table.shape[0]
+    if chunk <= 0 or chunk >= num_items:
+      target = target_aware_scores(table, seq_t, seq, mask)
+    else:
+      num_chunks = -(-num_items // chunk)
+      padded = jnp.pad(table, ((0, num_chunks * chunk - num_items), (0, 0)))
+      parts = jax.lax.map(
+          lambda t: target_aware_scores(t, seq_t, seq, mask),
+          padded.reshape(num_chunks, chunk, -1))  # [C, B, chunk]
+      target = jnp.moveaxis(parts, 0, 1).reshape(seq.shape[0], -1)
+      target = target[:, :num_items]
+    logits = _scores(out.final, table) + target.astype(jnp.float32)
+    return out.replace(logits=logits)
+
+
+_MODELS = {"srgnn": SRGNN, "gcsan": GCSAN, "niser": NISER, "tagnn": TAGNN}
+
+
+def create_model(cfg: SBRConfig) -> nn.Module:
+  """The backbone named by ``cfg.backbone``.
+
+  Raises:
+    ValueError: unknown backbone or invalid sizes.
+  """
+  name = cfg.backbone
+  if name in _MODELS:
+    if cfg.num_items < 1 or cfg.embed_dim < 1 or cfg.gnn_steps < 1:
+      raise ValueError(
+          "SBRConfig needs num_items, embed_dim and gnn_steps >= 1, got "
+          f"num_items={cfg.num_items}, embed_dim={cfg.embed_dim}, "
+          f"gnn_steps={cfg.gnn_steps}")
+    return _MODELS[name](cfg)
+  raise ValueError(f"Unsupported backbone: {name!r}; choose one of "
+                   f"{', '.join(BACKBONES)}")

@@ -1,0 +1,187 @@
+"""Training and evaluation of a graph SBR backbone (SR-GNN, GC-SAN, NISER, TAGNN).
+
+``train_and_evaluate(config, workdir)`` prepares the data, trains with early
+stopping on the validation split, restores the best epoch and scores the
+test split with both protocols (sampled and full ranking). The parameter
+tree is ``{"sbr": backbone_params}`` so its checkpoints drop straight into
+LLMGR and LLM4SBR, whose trees hold the backbone under the same key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+
+from sbrjax import checkpoints as ckpt_lib
+from sbrjax import metrics as metrics_lib
+from sbrjax import optim
+from sbrjax import trainer
+from sbrjax import writer as writer_lib
+from sbrjax.data import graphs as graphs_lib
+from sbrjax.data import prepared as prepared_lib
+from sbrjax.models import sbr as sbr_lib
+
+STAGE = "sbr"
+
+
+def sbr_config(config: ml_collections.ConfigDict, num_items: int) -> sbr_lib.SBRConfig:
+  """The frozen model config from the ``sbr`` section (fields checked by name)."""
+  fields = {f.name for f in dataclasses.fields(sbr_lib.SBRConfig)}
+  values = {k: v for k, v in config.sbr.to_dict().items() if k in fields}
+  unknown = set(config.sbr.keys()) - fields
+  if unknown:
+    raise ValueError(f"config.sbr has keys the backbone does not take: {sorted(unknown)}.")
+  values["num_items"] = num_items
+  # NISER+'s position table must cover the longest session the data yields.
+  values["niser_max_len"] = max(int(config.data.max_len), values.get("niser_max_len", 0))
+  return sbr_lib.SBRConfig(**values)
+
+
+def signature(cfg: sbr_lib.SBRConfig, fingerprint: str) -> Dict[str, Any]:
+  """What a checkpoint must agree on to be restored into this run."""
+  return {"model": f"sbr/{cfg.backbone}", "num_items": cfg.num_items,
+          "embed_dim": cfg.embed_dim, "data": fingerprint}
+
+
+def init_params(model, batch, seed: int):
+  variables = model.init({"params": jax.random.PRNGKey(seed),
+                          "dropout": jax.random.PRNGKey(seed + 1)}, batch, deterministic=True)
+  return {"sbr": variables["params"]}
+
+
+def masked_xent(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean cross-entropy over the real examples, computed in float32."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  maskf = mask.astype(jnp.float32)
+  return jnp.sum(ce * maskf) / jnp.maximum(jnp.sum(maskf), 1.0)
+
+
+def make_train_step(model, schedule, seed: int):
+  dropout_key = jax.random.PRNGKey(seed + 2)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state, batch):
+    rng = jax.random.fold_in(dropout_key, state.step)
+
+    def loss_fn(params):
+      out = model.apply({"params": params["sbr"]}, batch, deterministic=False,
+                        rngs={"dropout": rng})
+      return masked_xent(out.logits, batch.targets, batch.graph_mask)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    new_state = state.apply_gradients(grads=grads)
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads),
+                       "param_norm": optax.global_norm(state.params),
+                       "learning_rate": schedule(state.step)}
+
+  return train_step
+
+
+def make_evaluator(model, ks):
+  @jax.jit
+  def eval_step(params, batch):
+    out = model.apply({"params": params["sbr"]}, batch, deterministic=True)
+    return metrics_lib.batch_metric_sums(out.logits, batch.targets, batch.graph_mask,
+                                         batch.negatives, ks=ks)
+
+  def evaluate(params, graphs, batch_size, aliases=False):
+    acc = metrics_lib.MetricAccumulator()
+    for batch in graphs_lib.iterate_batches(graphs, batch_size, shuffle=False):
+      acc.add(eval_step(params, batch))
+    return acc.result(aliases=aliases)
+
+  return evaluate
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains the configured backbone and writes ``results.json`` in ``workdir``."""
+  t_start = time.perf_counter()
+  data = prepared_lib.load_prepared(config.data)
+  cfg = sbr_config(config, data.num_items)
+  model = sbr_lib.create_model(cfg)
+  max_len = int(config.data.max_len)
+  train_graphs = graphs_lib.build_graphs(data.train, max_len)
+  valid_graphs = graphs_lib.build_graphs(data.valid, max_len)
+  test_graphs = graphs_lib.build_graphs(data.test, max_len)
+
+  bs = int(config.train.batch_size)
+  if bs < 1:
+    raise ValueError(f"config.train.batch_size must be >= 1, got {bs}.")
+  steps_per_epoch = -(-len(data.train) // bs)
+  first = next(iter(graphs_lib.iterate_batches(train_graphs, bs, shuffle=False)))
+  params = init_params(model, first, int(config.seed))
+  sig = signature(cfg, data.fingerprint)
+  if config.restore_from:
+    params["sbr"] = restore_backbone(config.restore_from, params, sig)["sbr"]
+
+  schedule = optim.make_schedule(config.train, steps_per_epoch,
+                                 steps_per_epoch * int(config.train.epochs))
+  tx = optim.make_optimizer(config.train, schedule, params, trainable=("sbr",))
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+  writer = writer_lib.MetricWriter(os.path.join(workdir, "tensorboard", STAGE))
+  writer.write_text("config", config.to_json_best_effort(indent=2))
+  ks = tuple(config.eval.ks)
+  evaluate = make_evaluator(model, ks)
+  eval_bs = int(config.eval.batch_size)
+  spec = trainer.StageSpec(
+      name=STAGE, epochs=int(config.train.epochs), patience=int(config.train.patience),
+      early_stop_metric=config.train.early_stop_metric,
+      log_every_steps=int(config.train.log_every_steps),
+      checkpoint_every_epochs=int(config.train.checkpoint_every_epochs),
+      progress_bar=bool(config.train.progress_bar))
+  seed = int(config.seed)
+  result = trainer.run_stage(
+      spec, stage_dir=trainer.stage_dir(workdir, STAGE), state=state, signature=sig,
+      train_step=make_train_step(model, schedule, seed),
+      train_batches=lambda epoch: graphs_lib.iterate_batches(
+          train_graphs, bs, shuffle=True, seed=seed, epoch=epoch),
+      steps_per_epoch=steps_per_epoch, batch_size=bs,
+      evaluate=lambda p: evaluate(p, valid_graphs, eval_bs),
+      writer=writer)
+
+  best = result["best_params"]
+  aliases = bool(config.eval.p_at_k_alias)
+  test = evaluate(best, test_graphs, eval_bs, aliases)
+  valid = evaluate(best, valid_graphs, eval_bs, aliases)
+  writer.write_scalars(int(result["state"].step),
+                       {f"eval/test/{k}": v for k, v in test.items()})
+  writer.close()
+  summary = {
+      "model": cfg.backbone, "dataset": data.name, "protocol": data.protocol,
+      "num_items": data.num_items, "data_fingerprint": data.fingerprint,
+      "best_epoch": result["meta"]["best_epoch"], "epochs_run": result["meta"]["epoch"] + 1,
+      "train_seconds": result["meta"]["train_seconds"],
+      "wall_seconds": time.perf_counter() - t_start,
+      "valid": valid, "test": test, "config": json.loads(config.to_json_best_effort()),
+  }
+  writer_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
+  logging.info("Test metrics: %s", json.dumps(test))
+  return summary
+
+
+def restore_backbone(source: str, params, sig) -> Any:
+  """Backbone parameters of another run (its workdir or its ``best`` dir)."""
+  candidates = [source, os.path.join(source, "best"), os.path.join(source, STAGE, "best")]
+  for path in candidates:
+    if os.path.isdir(path) and os.path.basename(os.path.normpath(path)) == "best":
+      # Any data fingerprint is accepted: restoring from another preparation of
+      # the same catalog is a legitimate warm start; model and catalog must match.
+      restored, _ = ckpt_lib.restore_params(path, ckpt_lib.abstract(params), sig,
+                                            keys=("model", "num_items", "embed_dim"))
+      return restored
+  raise FileNotFoundError(
+      f"config.restore_from={source!r}: no checkpoint found (looked for "
+      f"{', '.join(candidates[1:])}). Give a run directory written by an sbr job.")

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny dataset written in the real GroupLens ml-100k format."""
+
+import os
+
+import pytest
+
+from sbrjax import config as config_lib
+from sbrjax.data import rawfiles
+
+
+@pytest.fixture(scope="session")
+def tiny_raw_dir(tmp_path_factory):
+  """u.data / u.item of 40 users x 30 items, 14 ratings each."""
+  d = tmp_path_factory.mktemp("tiny_ml100k")
+  rows = rawfiles.synthetic_ratings(num_users=40, num_items=30, per_user=14)
+  rawfiles.write_grouplens_100k(d, rows, {i: f"Movie {i} (1990)" for i in range(1, 31)})
+  return str(d)
+
+
+@pytest.fixture()
+def tiny_config(tiny_raw_dir, tmp_path):
+  """The tiny SBR config (configs/sbr_tiny.py) reading the tiny raw files."""
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "sbr_tiny.py")
+  cfg = config_lib.load_config_file(path)
+  cfg.data.manual_dir = tiny_raw_dir
+  cfg.data.data_dir = str(tmp_path / "data")
+  return cfg
