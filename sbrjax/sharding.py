@@ -1,0 +1,508 @@
+"""Model-agnostic sharding: meshes, logical axis rules and sharded state.
+
+The picture (Flax lm1b / MaxText / EasyLM):
+
+* A **mesh** names the device axes, e.g. ``{"data": 2, "fsdp": 2,
+  "tensor": 1}`` (:func:`make_mesh`).
+* Every array dimension carries a **logical** name ("batch", "embed",
+  "mlp", "items", ...). A config-held table of **logical axis rules**
+  (:data:`DEFAULT_LOGICAL_AXIS_RULES`) maps logical names to mesh axes, so
+  the same model runs on one CPU or a multi-host mesh by changing the table.
+* Parameters get their logical names from a table of **parameter rules**:
+  ``(regex, logical axes)`` pairs matched with ``re.search`` against the
+  parameter's path (:func:`param_path`, e.g. ``"params/Dense_0/kernel"``).
+  Imported checkpoints carry no Flax annotations, so the path table is the
+  one source of truth; a parameter that matches no rule is an error
+  (EasyLM), and a big parameter left replicated on a model-parallel mesh is an
+  error too (MaxText's ``assert_params_sufficiently_sharded``).
+* :func:`create_sharded_state` traces the init function with
+  :func:`jax.eval_shape`, derives the shardings from the abstract tree and
+  runs the init under ``jax.jit(..., out_shardings=...)`` so the state is
+  born sharded and never materialises on one device (lm1b's
+  ``setup_initial_state``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# A mesh axis assignment for one logical name: a mesh axis, several mesh axes
+# (the dimension is split over their product, major to minor) or None.
+MeshAxes = Union[None, str, Tuple[str, ...]]
+LogicalRules = Sequence[Tuple[str, MeshAxes]]
+# (regex over param_path, logical axis names; one per dimension, None = never
+# sharded).
+ParamRules = Sequence[Tuple[str, Tuple[Optional[str], ...]]]
+
+# Canonical mesh axis order: data parallel (outermost, slowest links), fully
+# sharded data parallel, tensor parallel (innermost, fastest links).
+MESH_AXES = ("data", "fsdp", "tensor")
+
+DEFAULT_LOGICAL_AXIS_RULES: LogicalRules = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("items", ("data", "fsdp", "tensor")),
+    ("lora_rank", None),
+    ("norm", None),
+)
+
+# Parameters with more elements than this must be sharded over more than one
+# device whenever the mesh has model-parallel axes (see check_params_sharded).
+DEFAULT_MIN_SHARDED_SIZE = 2**20
+
+
+def make_mesh(mesh_shape: Mapping[str, int],
+              devices: Optional[Sequence[Any]] = None) -> Mesh:
+  """Builds a device mesh from ``{"axis_name": size}``.
+
+  The axis types are ``Auto`` (GSPMD propagation): shardings come from
+  ``out_shardings`` / ``with_sharding_constraint`` rather than from the array
+  types, which is what the logical-rule machinery here assumes.
+
+  Args:
+    mesh_shape: ordered mapping of mesh axis name to size, e.g.
+      ``{"data": 2, "fsdp": 2, "tensor": 1}``. One size may be -1 to take the
+      remaining devices.
+    devices: devices to use; defaults to ``jax.devices()`` (all processes).
+
+  Returns:
+    A ``jax.sharding.Mesh``.
+
+  Raises:
+    ValueError: if the product of the sizes differs from the device count.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  names = tuple(mesh_shape.keys())
+  sizes = [int(s) for s in mesh_shape.values()]
+  if not names:
+    raise ValueError("mesh_shape is empty; give at least one axis, e.g. "
+                     "{'data': -1}.")
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh_shape {dict(mesh_shape)} has more than one -1 "
+                     "entry; at most one axis may take the remaining devices.")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh_shape {dict(mesh_shape)} has a size < 1.")
+  if -1 in sizes:
+    known = math.prod(s for s in sizes if s != -1)
+    if len(devices) % known:
+      raise ValueError(
+          f"mesh_shape {dict(mesh_shape)}: {len(devices)} devices are not "
+          f"divisible by the fixed axes' product {known}.")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(
+        f"mesh_shape {dict(zip(names, sizes))} has {math.prod(sizes)} devices "
+        f"but {len(devices)} are available ({jax.process_count()} process(es) "
+        f"x {jax.local_device_count()} local); change the mesh sizes so their "
+        "product equals the device count (or use -1 for one axis).")
+  return jax.make_mesh(
+      tuple(sizes), names,
+      axis_types=(jax.sharding.AxisType.Auto,) * len(names),
+      devices=devices)
+
+
+def param_path(path) -> str:
+  """``"params/Dense_0/kernel"``: the slash-joined key path the rules match."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def _as_tuple(axes: MeshAxes) -> Tuple[str, ...]:
+  if axes is None:
+    return ()
+  if isinstance(axes, str):
+    return (axes,)
+  return tuple(axes)
+
+
+def _axes_size(mesh_shape: Mapping[str, int], axes: Sequence[str]) -> int:
+  return math.prod(mesh_shape[a] for a in axes)
+
+
+def _mesh_shape(mesh: Union[Mesh, Mapping[str, int]]) -> Mapping[str, int]:
+  return dict(mesh.shape) if isinstance(mesh, Mesh) else dict(mesh)
+
+
+def logical_to_mesh_spec(logical: Sequence[Optional[str]],
+                         rules: LogicalRules,
+                         mesh: Union[Mesh, Mapping[str, int]],
+                         shape: Optional[Sequence[int]] = None) -> P:
+  """Maps logical axis names of one array to a mesh ``PartitionSpec``.
+
+  For each dimension the first rule for its logical name whose mesh axes are
+  present in the mesh and not already used by an earlier dimension wins (a
+  name may be listed several times as fallbacks, as in Flax). Mesh axes
+  absent from the mesh are dropped. When ``shape`` is given, trailing mesh
+  axes are dropped until the dimension divides evenly (so e.g. a 1003-row
+  table stays replicated instead of failing); :func:`check_params_sharded`
+  catches the big arrays this leaves replicated.
+
+  Args:
+    logical: one logical name (or None) per dimension.
+    rules: logical axis rules.
+    mesh: a Mesh or a ``{"axis": size}`` mapping.
+    shape: the array shape, for the divisibility fallback.
+
+  Returns:
+    A PartitionSpec over mesh axis names.
+
+  Raises:
+    ValueError: a logical name has no rule at all (typo guard).
+  """
+  mshape = _mesh_shape(mesh)
+  known = {name for name, _ in rules}
+  used = set()
+  spec = []
+  for dim, name in enumerate(logical):
+    if name is None:
+      spec.append(None)
+      continue
+    if name not in known:
+      raise ValueError(
+          f"logical axis {name!r} has no entry in the logical axis rules "
+          f"({sorted(known)}); add e.g. ({name!r}, None) to the rules.")
+    chosen: Tuple[str, ...] = ()
+    for rule_name, axes in rules:
+      if rule_name != name:
+        continue
+      axes = tuple(a for a in _as_tuple(axes) if a in mshape)
+      if used.intersection(axes):
+        continue
+      if shape is not None:
+        while axes and shape[dim] % _axes_size(mshape, axes):
+          axes = axes[:-1]
+      chosen = axes
+      break
+    used.update(chosen)
+    if not chosen:
+      spec.append(None)
+    elif len(chosen) == 1:
+      spec.append(chosen[0])
+    else:
+      spec.append(chosen)
+  return P(*spec)
+
+
+def logical_axes_from_rules(tree, param_rules: ParamRules):
+  """Gives every array leaf its logical axes from ``(regex, axes)`` rules.
+
+  Rules are tried in order with ``re.search`` against :func:`param_path`;
+  the first match wins. Rank-0 leaves (step counters, Adam's count) need no
+  rule and get ``P()``.
+
+  Args:
+    tree: a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g. from
+      ``jax.eval_shape``).
+    param_rules: ``(regex, logical axes tuple)`` pairs.
+
+  Returns:
+    A tree of ``PartitionSpec``s over logical names, same structure as
+    ``tree``.
+
+  Raises:
+    ValueError: naming every parameter that no rule matches, or the first
+      whose matched rule has a different number of axes than its rank.
+  """
+  compiled = [(re.compile(rx), tuple(axes)) for rx, axes in param_rules]
+  unmatched = []
+
+  def one(path, leaf):
+    name = param_path(path)
+    ndim = len(leaf.shape)
+    if ndim == 0:
+      return P()
+    for rx, axes in compiled:
+      if rx.search(name):
+        if len(axes) != ndim:
+          raise ValueError(
+              f"parameter {name!r} with shape {tuple(leaf.shape)} matched "
+              f"rule {rx.pattern!r} whose logical axes {axes} have "
+              f"{len(axes)} entries, not {ndim}; fix the rule table.")
+        return P(*axes)
+    unmatched.append(f"{name!r} with shape {tuple(leaf.shape)}")
+    return P()
+
+  out = jax.tree_util.tree_map_with_path(one, tree)
+  if unmatched:
+    raise ValueError(
+        "parameter(s) " + ", ".join(unmatched) + " match no sharding rule; "
+        "add a (regex, logical_axes) entry for each to the parameter rule "
+        "table.")
+  return out
+
+
+def logical_to_sharding(logical_tree, mesh: Mesh, rules: LogicalRules,
+                        shapes=None):
+  """Turns a tree of logical ``PartitionSpec``s into ``NamedSharding``s.
+
+  Args:
+    logical_tree: tree of PartitionSpecs over logical names (leaves).
+    mesh: the device mesh.
+    rules: logical axis rules.
+    shapes: optional tree (same structure) of arrays/ShapeDtypeStructs, for
+      the divisibility fallback of :func:`logical_to_mesh_spec`.
+
+  Returns:
+    A tree of ``NamedSharding``.
+  """
+  is_leaf = lambda x: isinstance(x, P)
+  if shapes is None:
+    return jax.tree.map(
+        lambda s: NamedSharding(mesh, logical_to_mesh_spec(s, rules, mesh)),
+        logical_tree, is_leaf=is_leaf)
+  return jax.tree.map(
+      lambda s, x: NamedSharding(
+          mesh, logical_to_mesh_spec(s, rules, mesh, x.shape)),
+      logical_tree, shapes, is_leaf=is_leaf)
+
+
+def num_shards(spec: P, mesh_shape: Mapping[str, int]) -> int:
+  """How many distinct pieces ``spec`` cuts an array into on the mesh."""
+  return math.prod(_axes_size(mesh_shape, _as_tuple(a)) for a in spec)
+
+
+def check_params_sharded(shapes, shardings,
+                         min_size: int = DEFAULT_MIN_SHARDED_SIZE,
+                         param_axes: Sequence[str] = ("fsdp", "tensor")):
+  """Raises if a big parameter is replicated on a model-parallel mesh.
+
+  Pure data parallelism replicates parameters by design, so the check only
+  applies when the mesh axes in ``param_axes`` hold more than one device.
+
+  Args:
+    shapes: tree of arrays / ShapeDtypeStructs.
+    shardings: matching tree of NamedShardings.
+    min_size: parameters with more elements than this must be split.
+    param_axes: mesh axes meant to split parameters.
+
+  Raises:
+    ValueError: naming every offending parameter.
+  """
+  flat_shapes = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  flat_shard = jax.tree.leaves(
+      shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+  if len(flat_shapes) != len(flat_shard):
+    raise ValueError("shapes and shardings trees have different leaf counts "
+                     f"({len(flat_shapes)} vs {len(flat_shard)}).")
+  bad = []
+  for (path, leaf), sharding in zip(flat_shapes, flat_shard):
+    mshape = dict(sharding.mesh.shape)
+    capacity = _axes_size(mshape, [a for a in param_axes if a in mshape])
+    if capacity == 1 or math.prod(leaf.shape) <= min_size:
+      continue
+    if num_shards(sharding.spec, mshape) == 1:
+      bad.append(f"{param_path(path)} {tuple(leaf.shape)}")
+  if bad:
+    raise ValueError(
+        f"parameters larger than {min_size} elements are replicated on every "
+        f"device although the mesh has model-parallel axes {tuple(param_axes)}"
+        ": " + ", ".join(bad) + ". Map one of their logical axes to a mesh "
+        "axis that divides the dimension, or raise min_size.")
+
+
+def tree_shardings(abstract_tree, mesh: Mesh, rules: LogicalRules,
+                   param_rules: ParamRules,
+                   min_sharded_size: Optional[int] = DEFAULT_MIN_SHARDED_SIZE):
+  """Shardings for a whole (abstract) tree: path rules -> logical -> mesh.
+
+  Args:
+    abstract_tree: tree of ShapeDtypeStructs or arrays.
+    mesh: device mesh.
+    rules: logical axis rules.
+    param_rules: ``(regex, logical axes)`` table.
+    min_sharded_size: size threshold for :func:`check_params_sharded`; None
+      skips the check.
+
+  Returns:
+    A tree of NamedShardings matching ``abstract_tree``.
+  """
+  logical = logical_axes_from_rules(abstract_tree, param_rules)
+  shardings = logical_to_sharding(logical, mesh, rules, shapes=abstract_tree)
+  if min_sharded_size is not None:
+    check_params_sharded(abstract_tree, shardings, min_sharded_size)
+  return shardings
+
+
+def create_sharded_state(init_fn: Callable[..., Any], mesh: Mesh,
+                         rules: LogicalRules, param_rules: ParamRules,
+                         *args,
+                         min_sharded_size: Optional[int] = (
+                             DEFAULT_MIN_SHARDED_SIZE)):
+  """Runs ``init_fn(*args)`` so that its output is created already sharded.
+
+  Args:
+    init_fn: pure function building the state (params, TrainState, ...).
+      It must close over non-array configuration; ``args`` are arrays (e.g.
+      an RNG key, dummy inputs).
+    mesh: device mesh.
+    rules: logical axis rules.
+    param_rules: ``(regex, logical axes)`` table covering every leaf of the
+      state (optimizer moments share their parameter's path suffix, so
+      regexes anchored at the end, like ``"Dense_0/kernel$"``, cover both).
+    *args: arguments of ``init_fn``; they are replicated.
+    min_sharded_size: see :func:`check_params_sharded`; None skips it.
+
+  Returns:
+    ``(state, shardings)``: the sharded state and the tree of NamedShardings
+    (reuse them as ``in_shardings``/``out_shardings`` of the train step).
+  """
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = tree_shardings(abstract, mesh, rules, param_rules,
+                             min_sharded_size)
+  replicated = NamedSharding(mesh, P())
+  state = jax.jit(init_fn,
+                  in_shardings=jax.tree.map(lambda _: replicated, args),
+                  out_shardings=shardings)(*args)
+  return state, shardings
+
+
+def with_logical_constraint(x: jax.Array, names: Sequence[Optional[str]],
+                            mesh: Optional[Mesh], rules: LogicalRules):
+  """``with_sharding_constraint`` by logical names; identity without a mesh.
+
+  Args:
+    x: activation.
+    names: one logical name (or None) per dimension of ``x``.
+    mesh: device mesh, or None (single device: nothing to do).
+    rules: logical axis rules.
+
+  Returns:
+    ``x`` constrained to the mapped sharding.
+  """
+  if mesh is None or mesh.size == 1:
+    return x
+  if len(names) != x.ndim:
+    raise ValueError(f"with_logical_constraint: {len(names)} logical names "
+                     f"{tuple(names)} for an array of shape {x.shape}.")
+  spec = logical_to_mesh_spec(names, rules, mesh, x.shape)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def _bytes(shape, dtype) -> int:
+  return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def _local_shape(shape, spec: P, mesh_shape) -> Tuple[int, ...]:
+  spec = tuple(spec) + (None,) * (len(shape) - len(spec))
+  return tuple(
+      -(-d // _axes_size(mesh_shape, _as_tuple(a))) for d, a in zip(shape, spec))
+
+
+def estimate_memory(param_shapes, trainable_mask,
+                    mesh_shape: Mapping[str, int], rules: LogicalRules,
+                    param_rules: ParamRules, *, batch: int, seq_len: int,
+                    hidden: int, layers: int, num_heads: int,
+                    dtype="bfloat16", num_items: int = 0,
+                    vocab_size: int = 0, remat: bool = False,
+                    device_memory_bytes: Optional[int] = None,
+                    headroom: float = 0.9) -> dict:
+  """Per-device memory estimate of a training step from shapes only.
+
+  Counted (bytes, per device; each array's local shard is
+  ``ceil(dim / shards)`` per dimension under the rules):
+
+  * ``params``: every parameter in its own dtype.
+  * ``grads``: one gradient per trainable element, float32.
+  * ``optimizer``: Adam's ``mu`` and ``nu``, 2 x float32 per trainable
+    element.
+  * ``master``: a float32 master copy of each trainable parameter whose dtype
+    is not float32 (mixed precision); 0 for float32 parameters.
+  * ``activations``: a transformer estimate after Korthikanti et al. 2022
+    ("Reducing Activation Recomputation in Large Transformer Models"): per
+    layer, stored activations of ``s*b*h*(34 + 5*a*s/h)`` bytes at 2-byte
+    precision, where the tensor-parallel part (``24 + 5*a*s/h``) divides by
+    the tensor axis size (``10`` stays). Scaled by ``dtype``'s byte size / 2.
+    With ``remat`` only each layer's input (``s*b*h`` elements) is kept plus
+    one layer's full activations for the recomputation. Frozen layers still
+    store activations (backprop reaches the adapters below them), so the
+    estimate does not depend on the mask. ``b`` is the per-device batch
+    (``batch`` split over the "batch" axes). Plus the output heads, float32
+    logits and their gradient: the item head's ``[B, num_items]`` per example
+    (``sbrjax.item_head``: catalog split over the "items" axes, the batch
+    only over "batch" axes the catalog does not use) and a token head's
+    ``[b, s, vocab_size]`` split over the "vocab" axes.
+
+  Args:
+    param_shapes: tree of ShapeDtypeStructs (``jax.eval_shape(init)``).
+    trainable_mask: tree of bools (same structure) or None = all trainable.
+    mesh_shape: ``{"data": 2, "fsdp": 2, "tensor": 1}``; no devices needed.
+    rules: logical axis rules.
+    param_rules: ``(regex, logical axes)`` table.
+    batch: global batch size (sequences).
+    seq_len: tokens per sequence.
+    hidden: model width.
+    layers: number of transformer layers.
+    num_heads: attention heads.
+    dtype: activation dtype.
+    num_items: catalog size of the item head; 0 = no item head.
+    vocab_size: vocabulary of a per-token LM head; 0 = none.
+    remat: whether each layer is rematerialised.
+    device_memory_bytes: per-device memory; when given, ``fits`` is set.
+    headroom: usable fraction of ``device_memory_bytes``.
+
+  Returns:
+    A dict of per-device byte counts (``params``, ``grads``, ``optimizer``,
+    ``master``, ``activations``, ``total``), ``total_gib`` and, when
+    ``device_memory_bytes`` is given, ``fits``.
+  """
+  mshape = dict(mesh_shape)
+  logical = logical_axes_from_rules(param_shapes, param_rules)
+  specs = jax.tree.map(lambda s, x: logical_to_mesh_spec(s, rules, mshape,
+                                                          x.shape),
+                       logical, param_shapes, is_leaf=lambda x: isinstance(x, P))
+  if trainable_mask is None:
+    trainable_mask = jax.tree.map(lambda _: True, param_shapes)
+  out = dict(params=0, grads=0, optimizer=0, master=0)
+  for x, spec, train in zip(
+      jax.tree.leaves(param_shapes),
+      jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P)),
+      jax.tree.leaves(trainable_mask)):
+    local = _local_shape(x.shape, spec, mshape)
+    out["params"] += _bytes(local, x.dtype)
+    if train:
+      out["grads"] += _bytes(local, np.float32)
+      out["optimizer"] += 2 * _bytes(local, np.float32)
+      if np.dtype(x.dtype) != np.float32:
+        out["master"] += _bytes(local, np.float32)
+
+  def mesh_axes(logical_name):
+    spec = logical_to_mesh_spec((logical_name,), rules, mshape)
+    return _as_tuple(spec[0])
+
+  def size(logical_name):
+    return _axes_size(mshape, mesh_axes(logical_name))
+
+  b = -(-batch // size("batch"))
+  t = size("heads")
+  s, h, a = seq_len, hidden, num_heads
+  scale = np.dtype(dtype).itemsize / 2
+  per_layer = s * b * h * (10 + (24 + 5 * a * s / h) / t) * scale
+  if remat:
+    act = layers * s * b * h * np.dtype(dtype).itemsize + per_layer
+  else:
+    act = layers * per_layer
+  if num_items:
+    item_axes = mesh_axes("items")
+    head_batch_axes = [x for x in mesh_axes("batch") if x not in item_axes]
+    b_head = -(-batch // _axes_size(mshape, head_batch_axes))
+    act += 2 * 4 * b_head * -(-num_items // _axes_size(mshape, item_axes))
+  if vocab_size:
+    act += 2 * 4 * b * s * -(-vocab_size // size("vocab"))
+  out["activations"] = int(act)
+  out["total"] = sum(out[k] for k in ("params", "grads", "optimizer", "master",
+                                      "activations"))
+  out["total_gib"] = out["total"] / 2**30
+  if device_memory_bytes is not None:
+    out["fits"] = bool(out["total"] <= headroom * device_memory_bytes)
+  return out
