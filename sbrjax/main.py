@@ -30,7 +30,10 @@ _WORKDIR = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  from sbrjax import distributed  # pylint: disable=g-import-not-at-top
   from sbrjax import pipeline  # pylint: disable=g-import-not-at-top
+  # Multi-host runs (SLURM or SBRJAX_* variables) join before any device use.
+  distributed.initialize_from_env()
   config_path = flags.FLAGS["config"].config_filename
   workdir = _WORKDIR.value or pipeline.default_workdir(config_path, _CONFIG.value)
   logging.info("Config %s, workdir %s", config_path, workdir)
