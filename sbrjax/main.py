@@ -27,9 +27,17 @@ _WORKDIR = flags.DEFINE_string(
     "(default: workdirs/<config file name>).")
 
 
+class _QuietLibraries:
+  """Drops INFO records of chatty libraries (Orbax logs every checkpoint step)."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   from sbrjax import distributed  # pylint: disable=g-import-not-at-top
   from sbrjax import pipeline  # pylint: disable=g-import-not-at-top
   # Multi-host runs (SLURM or SBRJAX_* variables) join before any device use.

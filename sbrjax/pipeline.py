@@ -28,26 +28,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     f.write(config.to_json_best_effort(indent=2))
   if config.job == "data":
     return run_data_job(config, workdir)
+  print_statistics(config)
   if config.job == "sbr":
     from sbrjax import train_sbr  # pylint: disable=g-import-not-at-top
-    return train_sbr.train_and_evaluate(config, workdir)
-  if config.job == "llmgr":
+    summary = train_sbr.train_and_evaluate(config, workdir)
+  elif config.job == "llmgr":
     from sbrjax import train_llmgr  # pylint: disable=g-import-not-at-top
-    return train_llmgr.train_and_evaluate(config, workdir)
-  raise AssertionError(config.job)
-
-
-def run_data_job(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Prepares the configured dataset and prints its Table 1 statistics."""
-  from sbrjax.data import prepared as prepared_lib  # pylint: disable=g-import-not-at-top
-  from sbrjax.data import stats as stats_lib  # pylint: disable=g-import-not-at-top
-  data = prepared_lib.load_prepared(config.data)
-  text = stats_lib.format_stats(f"{data.name} ({data.protocol} protocol)", data.stats)
-  print(text, flush=True)
-  summary = {"dataset": data.name, "protocol": data.protocol, "stats": data.stats,
-             "fingerprint": data.fingerprint,
-             "examples": {"train": len(data.train), "valid": len(data.valid),
-                          "test": len(data.test)}}
-  writer_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
-  logging.info("%s", json.dumps(summary))
+    summary = train_llmgr.train_and_evaluate(config, workdir)
+  else:
+    raise AssertionError(config.job)
+  print(format_results(summary, config), flush=True)
+  print(f"Results: {os.path.join(workdir, 'results.json')}", flush=True)
   return summary
+
+
+def format_results(summary: Dict[str, Any], config: ml_collections.ConfigDict) -> str:
+  """Test metrics as a table: one row per metric, one column per model."""
+  ks = tuple(config.eval.ks)
+  models = [(str(summary.get("model", config.job)), summary["test"])]
+  if summary.get("sbr_alone"):
+    models.insert(0, (f"{config.sbr.backbone} alone", summary["sbr_alone"]))
+  width = max(12, *(len(name) for name, _ in models))
+  lines = ["test metric      " + "  ".join(f"{name:>{width}}" for name, _ in models)]
+  for mode in ("sampled", "full"):
+    for metric in ("HR", "NDCG", "MRR"):
+      for k in ks:
+        key = f"{mode}/{metric}@{k}"
+        lines.append(f"{key:<17}" + "  ".join(f"{m[key]:>{width}.4f}" for _, m in models))
+  return "\n".join(lines)

