@@ -56,3 +56,25 @@ def format_results(summary: Dict[str, Any], config: ml_collections.ConfigDict) -
         key = f"{mode}/{metric}@{k}"
         lines.append(f"{key:<17}" + "  ".join(f"{m[key]:>{width}.4f}" for _, m in models))
   return "\n".join(lines)
+
+
+def print_statistics(config: ml_collections.ConfigDict):
+  """Prepares (or loads) the configured data and prints its Table 1 row."""
+  from sbrjax.data import prepared as prepared_lib  # pylint: disable=g-import-not-at-top
+  from sbrjax.data import stats as stats_lib  # pylint: disable=g-import-not-at-top
+  data = prepared_lib.load_prepared(config.data)
+  print(stats_lib.format_stats(f"{data.name} ({data.protocol} protocol)", data.stats),
+        flush=True)
+  return data
+
+
+def run_data_job(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Prepares the configured dataset and prints its Table 1 statistics."""
+  data = print_statistics(config)
+  summary = {"dataset": data.name, "protocol": data.protocol, "stats": data.stats,
+             "fingerprint": data.fingerprint,
+             "examples": {"train": len(data.train), "valid": len(data.valid),
+                          "test": len(data.test)}}
+  writer_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
+  logging.info("%s", json.dumps(summary))
+  return summary
