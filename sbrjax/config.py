@@ -154,6 +154,10 @@ def llmgr_config(variant: str = "llmgr") -> ml_collections.ConfigDict:
   lora.dropout = 0.05
   lora.targets = ("q_proj", "v_proj")
 
+  # ---- Device mesh (sbrjax.parallel): sizes multiply to the device count; -1 = the rest.
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  config.logical_axis_rules = ()  # () -> sbrjax.parallel.LLMGR_LOGICAL_AXIS_RULES
+
   # ---- Prompts, head and SBR pre-training.
   config.llmgr = g = ml_collections.ConfigDict()
   g.max_nodes = 20           # node placeholders per behavior prompt (most recent clicks)

@@ -38,7 +38,9 @@ MeshAxes = Union[None, str, Tuple[str, ...]]
 LogicalRules = Sequence[Tuple[str, MeshAxes]]
 # (regex over param_path, logical axis names; one per dimension, None = never
 # sharded).
-ParamRules = Sequence[Tuple[str, Tuple[Optional[str], ...]]]
+ParamRules = Sequence[Tuple[str, Optional[Tuple[Optional[str], ...]]]]
+# Logical axes of a parameter rule that replicates its matches at any rank.
+REPLICATED = None
 
 # Canonical mesh axis order: data parallel (outermost, slowest links), fully
 # sharded data parallel, tensor parallel (innermost, fastest links).
@@ -198,7 +200,8 @@ def logical_axes_from_rules(tree, param_rules: ParamRules):
   """Gives every array leaf its logical axes from ``(regex, axes)`` rules.
 
   Rules are tried in order with ``re.search`` against :func:`param_path`;
-  the first match wins. Rank-0 leaves (step counters, Adam's count) need no
+  the first match wins. A rule whose axes are ``None`` (:data:`REPLICATED`)
+  replicates every parameter it matches, whatever its rank. Rank-0 leaves (step counters, Adam's count) need no
   rule and get ``P()``.
 
   Args:
@@ -214,7 +217,8 @@ def logical_axes_from_rules(tree, param_rules: ParamRules):
     ValueError: naming every parameter that no rule matches, or the first
       whose matched rule has a different number of axes than its rank.
   """
-  compiled = [(re.compile(rx), tuple(axes)) for rx, axes in param_rules]
+  compiled = [(re.compile(rx), None if axes is None else tuple(axes))
+              for rx, axes in param_rules]
   unmatched = []
 
   def one(path, leaf):
@@ -224,6 +228,8 @@ def logical_axes_from_rules(tree, param_rules: ParamRules):
       return P()
     for rx, axes in compiled:
       if rx.search(name):
+        if axes is None:  # REPLICATED: whatever the rank.
+          return P()
         if len(axes) != ndim:
           raise ValueError(
               f"parameter {name!r} with shape {tuple(leaf.shape)} matched "

@@ -30,11 +30,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax.training import train_state
 
 from sbrjax import labels as labels_lib
 from sbrjax import metrics as metrics_lib
 from sbrjax import optim
+from sbrjax import parallel
 from sbrjax import trainer
 from sbrjax import train_sbr
 from sbrjax import writer as writer_lib
@@ -300,6 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                "llm_layers": model.config.llm.num_layers,
                "llm_hidden": model.config.llm.hidden_size}
 
+  mesh = parallel.mesh_from_config(config.mesh)
+  rules = parallel.logical_rules(config.logical_axis_rules)
   stage_summaries = {}
   for name in config.stage_order:
     if name not in config.stages:
@@ -313,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     schedule = optim.make_schedule(train_cfg, steps, steps * int(st.epochs))
     tx = optim.make_optimizer(train_cfg, schedule, params, trainable=tuple(st.trainable))
     mask = labels_lib.trainable_mask(params, tuple(st.trainable))
-    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    state, shardings = parallel.create_train_state(model, params, tx, mesh, rules)
     validate = "behavior" in st.tasks and bool(config.train.early_stop_metric)
     spec = trainer.StageSpec(
         name=name, epochs=int(st.epochs), patience=int(config.train.patience),
@@ -324,7 +326,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         spec, stage_dir=trainer.stage_dir(workdir, name), state=state,
         signature={**signature, "stage": name, "tasks": list(st.tasks),
                    "trainable": list(st.trainable)},
-        train_step=make_train_step(model, schedule, mask, seed),
+        train_step=parallel.make_sharded_train_step(model, schedule, mask, seed, mesh,
+                                                    shardings, rules),
         train_batches=lambda epoch, b=batcher: b.iterate(shuffle=True, seed=seed, epoch=epoch),
         steps_per_epoch=steps, batch_size=bs,
         evaluate=(lambda p: evaluate(p, valid_batcher)) if validate else None,
