@@ -11,13 +11,11 @@ Meant for GPUs: bf16 compute, frozen base weights stored in bf16.
 
 from sbrjax.config import llmgr_config
 
-DATASET_VARIANT = "music"
-
 
 def get_config():
   config = llmgr_config("llmgr")
   config.data.dataset = "amazon"
-  config.data.variant = DATASET_VARIANT
+  config.data.variant = "music"
   config.llm.source = "hf"
   config.llm.path = ""           # required: an HF LLaMA-2-7B directory
   config.llm.dtype = "bfloat16"

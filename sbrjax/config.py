@@ -15,7 +15,7 @@ import os
 
 import ml_collections
 
-JOBS = ("data", "sbr", "llmgr")
+JOBS = ("data", "sbr", "llmgr", "llm4sbr")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -194,4 +194,22 @@ def llmgr_config(variant: str = "llmgr") -> ml_collections.ConfigDict:
   config.sbr_train.batch_size = 256
   config.sbr_train.epochs = 10
   config.sbr_train.patience = 2
+  return config
+
+
+def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of another file in the same ``configs/`` folder."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), name))
+
+
+def with_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """``config`` with the stage list of LLMGR ``variant``; epochs and learning
+  rates carry over by stage name (a stage the base lacks takes the major one's)."""
+  stages = llmgr_config(variant)
+  epochs = {name: (st.epochs, st.learning_rate) for name, st in config.stages.items()}
+  config.variant = variant
+  config.stage_order = stages.stage_order
+  config.stages = stages.stages
+  for name, st in config.stages.items():
+    st.epochs, st.learning_rate = epochs.get(name, epochs["major"])
   return config

@@ -29,7 +29,7 @@ from sbrjax.convert import gguf as gguf_convert
 from sbrjax.convert import hf_llama
 from sbrjax.convert.hf_llama import restore_params, save_params
 from sbrjax.models import generate as generate_lib
-from sbrjax.models.llama import Llama, LlamaConfig
+from sbrjax.models.llama import Llama
 from sbrjax.models.lora import LoraConfig, add_lora
 
 __all__ = ["load_llm", "hidden_states", "logits", "generate", "encode",

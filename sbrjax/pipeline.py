@@ -35,6 +35,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   elif config.job == "llmgr":
     from sbrjax import train_llmgr  # pylint: disable=g-import-not-at-top
     summary = train_llmgr.train_and_evaluate(config, workdir)
+  elif config.job == "llm4sbr":
+    from sbrjax import train_llm4sbr  # pylint: disable=g-import-not-at-top
+    summary = train_llm4sbr.train_and_evaluate(config, workdir)
   else:
     raise AssertionError(config.job)
   print(format_results(summary, config), flush=True)

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from sbrjax import byte_tokenizer
 from sbrjax import labels as labels_lib
 from sbrjax import metrics as metrics_lib
 from sbrjax import optim
@@ -60,18 +61,7 @@ def _dtype(config, key):
 # The language model and its tokenizer.
 
 
-class ByteTokenizer:
-  """UTF-8 bytes as tokens (ids 3..258); used with ``llm.source=random`` only.
-
-  Random-weight models (tests, shape benchmarks) have no tokenizer of their
-  own; bytes give real, reversible token ids without any download.
-  """
-  bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
-  vocab_size = 259
-
-  def encode(self, text, add_special_tokens=False):
-    del add_special_tokens
-    return [b + 3 for b in text.encode("utf-8")]
+ByteTokenizer = byte_tokenizer.ByteTokenizer
 
 
 def load_language_model(config: ml_collections.ConfigDict, seed: int):

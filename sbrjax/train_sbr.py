@@ -19,7 +19,6 @@ from typing import Any, Dict
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from flax.training import train_state

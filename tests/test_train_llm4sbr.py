@@ -1,0 +1,124 @@
+"""End-to-end LLM4SBR on the tiny config: stage 1, training, bad intent arrays."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from sbrjax import config as config_lib
+from sbrjax import train_llm4sbr
+from sbrjax.llm4sbr import intents as intents_lib
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
+                      "llm4sbr_tiny.py")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_raw_dir, tmp_path_factory):
+  """One tiny end-to-end run (shared by the tests below; ~40 s on 2 cores)."""
+  tmp = tmp_path_factory.mktemp("llm4sbr")
+  cfg = config_lib.load_config_file(CONFIG)
+  cfg.data.manual_dir = tiny_raw_dir
+  cfg.data.data_dir = str(tmp / "data")
+  cfg.train.epochs = 1
+  summary = train_llm4sbr.train_and_evaluate(cfg, str(tmp / "work"))
+  return cfg, summary, tmp
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_run_writes_results(run):
+  cfg, summary, tmp = run
+  with open(tmp / "work" / "results.json") as f:
+    saved = json.load(f)
+  assert saved["model"] == "llm4sbr(srgnn)"
+  for split in ("valid", "test"):
+    m = saved[split]
+    assert m["count"] == summary["examples"][split]
+    assert m["full/P@10"] == m["full/HR@10"]
+    assert 0.0 <= m["full/MRR@20"] <= m["full/HR@20"] <= 1.0
+    assert m["sampled/HR@10"] >= m["full/HR@10"]
+  assert saved["train_memory"]["host_rss_peak_bytes"] > 0
+  assert saved["stage1"]["train_blank_texts"] >= 0
+  texts_dir = summary["stage1"]["texts_dir"]
+  assert os.path.isfile(os.path.join(texts_dir, "test.jsonl"))
+  # Rerun in a new workdir: intents come from the cache (no regeneration).
+  again = train_llm4sbr.train_and_evaluate(cfg, str(tmp / "work2"),
+                                           generate_fn=_fail)
+  assert again["stage1"]["arrays"] == summary["stage1"]["arrays"]
+  assert again["test"] == summary["test"]
+
+
+def _fail(prompts):
+  raise AssertionError("intents regenerated although cached")
+
+
+def _corrupt_and_expect(run, name, mutate, match):
+  cfg, summary, tmp = run
+  path = summary["stage1"]["arrays"]["train"]
+  side = intents_lib.sidecar_path(path)
+  backup = (np.load(path), side.read_text())
+  try:
+    mutate(path, side)
+    workdir = tmp / f"bad_{name}"
+    with pytest.raises(ValueError, match=match):
+      train_llm4sbr.train_and_evaluate(cfg, str(workdir), generate_fn=_fail)
+    assert not (workdir / "llm4sbr").exists()  # refused before training
+  finally:
+    np.save(path, backup[0])
+    side.write_text(backup[1])
+
+
+@pytest.mark.slow
+def test_nan_intent_array_refused_before_training(run):
+  def mutate(path, side):
+    arr = np.load(path, mmap_mode="r+")
+    arr[3, 1, 0] = np.nan
+    arr.flush()
+  _corrupt_and_expect(run, "nan", mutate, "NaN")
+
+
+@pytest.mark.slow
+def test_wrong_fingerprint_rows_and_dim_refused(run):
+  def fingerprint(path, side):
+    meta = json.loads(side.read_text())
+    meta["fingerprint"] = "another-dataset"
+    side.write_text(json.dumps(meta))
+
+  def rows(path, side):
+    arr = np.load(path)[:-1]
+    np.save(path, arr)
+    meta = json.loads(side.read_text())
+    meta["shape"], meta["sessions"] = list(arr.shape), meta["sessions"][:-1]
+    side.write_text(json.dumps(meta))
+
+  def dim(path, side):
+    arr = np.ascontiguousarray(np.load(path)[:, :, :8])
+    np.save(path, arr)
+    meta = json.loads(side.read_text())
+    meta["shape"] = list(arr.shape)
+    side.write_text(json.dumps(meta))
+
+  _corrupt_and_expect(run, "fp", fingerprint, "fingerprint")
+  _corrupt_and_expect(run, "rows", rows, "rows")
+  _corrupt_and_expect(run, "dim", dim, "embedding dim 8, expected 384")
+
+
+@pytest.mark.slow
+def test_backbone_variant_trains_on_the_same_rows(run):
+  cfg, summary, tmp = run
+  base = cfg.copy_and_resolve_references()
+  base.llm4sbr.variant = "backbone"
+  out = train_llm4sbr.train_and_evaluate(base, str(tmp / "backbone"), generate_fn=_fail)
+  assert out["model"] == "srgnn"
+  assert out["examples"] == summary["examples"]
+  assert out["data_fingerprint"] == summary["data_fingerprint"]
+  assert out["test"]["count"] == summary["test"]["count"]
+  assert out["stage1"] == {}
+
+
+def test_wrong_protocol_refused(tiny_config):
+  cfg = config_lib.load_config_file(CONFIG)
+  cfg.data.protocol = "llmgr"
+  with pytest.raises(ValueError, match="protocol"):
+    train_llm4sbr.load_data(cfg)
