@@ -12,6 +12,6 @@ def get_config():
   config.sbr.gcsan_weight = 0.6
   config.sbr.gcsan_dropout = 0.2
   config.train.batch_size = 256
-  config.train.epochs = 20
-  config.train.patience = 3
+  config.train.epochs = 9               # covers the lr schedule 1e-3, 1e-4, 1e-5
+  config.train.patience = 2
   return config

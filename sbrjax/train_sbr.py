@@ -118,7 +118,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   bs = int(config.train.batch_size)
   if bs < 1:
     raise ValueError(f"config.train.batch_size must be >= 1, got {bs}.")
-  steps_per_epoch = -(-len(data.train) // bs)
+  # Packed batches (graphs_lib node cap) can add a batch in rare epochs;
+  # epoch 0's count sets the schedule's epoch length.
+  steps_per_epoch = graphs_lib.num_batches(train_graphs, bs, node_cap="auto", shuffle=True,
+                                           seed=int(config.seed), epoch=0)
   first = next(iter(graphs_lib.iterate_batches(train_graphs, bs, shuffle=False)))
   params = init_params(model, first, int(config.seed))
   sig = signature(cfg, data.fingerprint)
@@ -129,6 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                  steps_per_epoch * int(config.train.epochs))
   tx = optim.make_optimizer(config.train, schedule, params, trainable=("sbr",))
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  # An int32 array step (not Python 0) keeps the jitted step to one compile.
+  state = state.replace(step=jnp.zeros((), jnp.int32))
 
   writer = writer_lib.MetricWriter(os.path.join(workdir, "tensorboard", STAGE))
   writer.write_text("config", config.to_json_best_effort(indent=2))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sbrjax.data.graphs import (budgets, build_graphs, iterate_batches,
-                                make_batch, num_batches)
+                                make_batch, node_cap_for, num_batches, pack)
 from sbrjax.data.types import Split
 
 
@@ -111,9 +111,9 @@ def test_bad_input_raises():
     build_graphs(make_split([[1, -2]]), max_len=5)
 
 
-def check_batch(graphs, batch, idx, batch_size):
+def check_batch(graphs, batch, idx, batch_size, node_cap=None):
   max_len = graphs.max_len
-  n_pad, e_pad, g_pad = budgets(batch_size, max_len)
+  n_pad, e_pad, g_pad = budgets(batch_size, max_len, node_cap)
   gr = batch.graph
   assert gr.nodes.shape == (n_pad,) and gr.senders.shape == (e_pad,)
   assert gr.edges["w_in"].shape == (e_pad,) and gr.n_node.shape == (g_pad,)
@@ -143,33 +143,89 @@ def check_batch(graphs, batch, idx, batch_size):
   assert (gr.edges["w_in"][edge_graph == g_pad - 1] == 0).all()
 
 
+@pytest.mark.parametrize("node_cap", [None, "auto", 12])
 @pytest.mark.parametrize("drop_remainder", [False, True])
-def test_iterate_batches_fixed_shapes_and_cover_split(drop_remainder):
+def test_iterate_batches_fixed_shapes_and_cover_split(drop_remainder, node_cap):
   rng = np.random.default_rng(1)
   seqs = [rng.integers(0, 20, size=rng.integers(1, 9)) for _ in range(23)]
   negs = rng.integers(0, 20, size=(23, 4)).astype(np.int32)
   g = build_graphs(make_split(seqs, negs), max_len=6)
-  batches = list(iterate_batches(g, 5, shuffle=True, seed=3, epoch=2,
-                                 drop_remainder=drop_remainder))
-  assert len(batches) == num_batches(g, 5, drop_remainder=drop_remainder)
+  cap = node_cap_for(g, 5) if node_cap == "auto" else node_cap
+  kw = dict(shuffle=True, seed=3, epoch=2, drop_remainder=drop_remainder,
+            node_cap=node_cap)
+  batches = list(iterate_batches(g, 5, **kw))
+  assert len(batches) == num_batches(g, 5, **kw)
+  order = np.random.default_rng([3, 2]).permutation(23)
   seen = []
-  for b in batches:
+  for j, b in enumerate(batches):
     idx = b.index[b.graph_mask]
-    check_batch(g, b, idx, 5)
+    check_batch(g, b, idx, 5, cap)
     np.testing.assert_array_equal(b.negatives[:len(idx)], negs[idx])
+    real_nodes = g.n_node[idx].sum()
+    if cap is not None:
+      assert real_nodes <= cap
+    if len(idx) < 5 and j < len(batches) - 1:
+      # A batch closes early only when the next graph would not fit.
+      assert cap is not None and real_nodes + g.n_node[order[len(seen) + len(idx)]] > cap
     seen.extend(idx.tolist())
-  if drop_remainder:
-    assert len(seen) == 20 and len(set(seen)) == 20
+  np.testing.assert_array_equal(seen, order[:len(seen)])  # order is kept
+  if drop_remainder:  # only a partial last batch is dropped
+    bounds = pack(g.n_node[order], 5, cap)
+    last_full = bounds[-1] - bounds[-2] == 5
+    assert len(seen) == (23 if last_full else bounds[-2]) and 23 - len(seen) < 5
   else:
-    assert sorted(seen) == list(range(23))
-  again = [b.index for b in iterate_batches(g, 5, shuffle=True, seed=3,
-                                            epoch=2, prefetch=0,
-                                            drop_remainder=drop_remainder)]
+    assert len(seen) == 23
+  if node_cap is None:
+    assert len(batches) == (4 if drop_remainder else 5)
+  again = [b.index for b in iterate_batches(g, 5, prefetch=0, **kw)]
   np.testing.assert_array_equal(np.concatenate(again),
                                 np.concatenate([b.index for b in batches]))
-  other = np.concatenate([b.index for b in iterate_batches(
-      g, 5, shuffle=True, seed=3, epoch=3, drop_remainder=drop_remainder)])
+  kw["epoch"] = 3
+  other = np.concatenate([b.index for b in iterate_batches(g, 5, **kw)])
   assert not np.array_equal(other, np.concatenate(again))
+
+
+def test_node_cap_for_is_a_tight_fixed_budget():
+  rng = np.random.default_rng(0)
+  # Mostly short sessions, a few at max_len: the cap sits far below the worst
+  # case but above every single graph.
+  seqs = [np.arange(rng.integers(2, 6)) for _ in range(400)] + [np.arange(40)] * 4
+  g = build_graphs(make_split(seqs), max_len=40)
+  cap = node_cap_for(g, 64)
+  n = g.n_node.astype(float)
+  expected = 64 * n.mean() + 4 * 8 * n.std()
+  assert expected <= cap < expected + 64 and cap % 64 == 0
+  assert cap < 64 * 40
+  assert node_cap_for(g, 1) >= 40  # the largest graph always fits
+  # Every shuffle packs within the cap, with the same shapes.
+  shapes = set()
+  for epoch in range(3):
+    for b in iterate_batches(g, 64, shuffle=True, epoch=epoch, prefetch=0):
+      shapes.add((b.graph.nodes.shape, b.graph.senders.shape, b.positions.shape))
+      assert b.graph.n_node[:-1].sum() <= cap
+  assert shapes == {((cap + 1,), (cap,), (64, 40))}
+
+
+def test_pack_greedy_boundaries():
+  n_node = np.array([3, 4, 2, 6, 1, 1, 5])
+  np.testing.assert_array_equal(pack(n_node, 3, None), [0, 3, 6, 7])
+  np.testing.assert_array_equal(pack(n_node, 3, 8), [0, 2, 4, 7])
+  np.testing.assert_array_equal(pack(n_node, 3, 8, drop_remainder=True), [0, 2, 4, 7])
+  np.testing.assert_array_equal(pack(n_node, 4, 8, drop_remainder=True), [0, 2, 4])
+  np.testing.assert_array_equal(pack(n_node, 10, 6), [0, 1, 3, 4, 6, 7])
+  np.testing.assert_array_equal(pack(n_node[:0], 3, 8), [0])
+
+
+def test_node_cap_errors():
+  g = build_graphs(make_split([[1, 2, 3], [4, 5], [6]]), max_len=5)
+  with pytest.raises(ValueError, match="do not fit node_cap=4"):
+    make_batch(g, np.arange(2), 2, node_cap=4)
+  b = make_batch(g, np.arange(2), 2, node_cap=5)  # exactly full
+  assert b.graph.nodes.shape == (6,) and b.graph.n_node.tolist() == [3, 2, 1]
+  with pytest.raises(ValueError, match="smaller than the largest graph"):
+    next(iterate_batches(g, 2, shuffle=False, node_cap=2))
+  with pytest.raises(ValueError, match="'auto', None or an int"):
+    next(iterate_batches(g, 2, shuffle=False, node_cap="tight"))
 
 
 def test_unshuffled_order_and_one_click_max_len():

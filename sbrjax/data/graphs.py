@@ -21,11 +21,24 @@ clicks) becomes a directed graph as in SR-GNN (Wu et al., 2019):
 
 ``build_graphs`` does this once per ``Split`` with vectorised numpy (no Python
 loop over sessions). ``iterate_batches`` then yields ``GraphBatch`` objects of
-one fixed shape per ``(batch_size, max_len)``: ``batch_size`` session graphs
-(the tail of the last partial batch filled with empty graphs whose
-``graph_mask`` is False) plus one jraph padding graph that owns every unused
-node and edge slot. The padding graph appears only inside ``graph.n_node`` /
-``graph.n_edge`` ([B + 1]); every per-example array is [B].
+one fixed shape per ``(split, batch_size)``: up to ``batch_size`` session
+graphs (unused rows are empty graphs whose ``graph_mask`` is False) plus one
+jraph padding graph that owns every unused node and edge slot. The padding
+graph appears only inside ``graph.n_node`` / ``graph.n_edge`` ([B + 1]);
+every per-example array is [B].
+
+Node budget. The worst case, ``batch_size * max_len`` nodes, wastes most of
+the GNN's work when sessions are shorter than ``max_len`` (ml-100k, LLMGR
+protocol: 39.1 nodes per session on average at ``max_len`` 50, so 22% of a
+worst-case batch is padding, and the GNN's dense layers cost per node slot).
+``iterate_batches`` therefore packs graphs the way ``jraph.dynamically_batch``
+does: in (shuffled) order, a batch takes the next graph while it holds fewer
+than ``batch_size`` graphs and the graph's nodes still fit ``node_cap``.
+``node_cap_for`` sets the cap from the split alone (mean + 4 standard
+deviations of the node count of ``batch_size`` sessions), so the shape is the
+same in every epoch and shuffle; a batch that would overflow simply closes
+early (for 4 sigma, about once in 30,000 batches), so nothing is dropped or
+truncated and batches still depend only on (seed, epoch).
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional, Union
 
 import jraph
 import numpy as np
@@ -119,16 +132,41 @@ class GraphBatch(NamedTuple):
   negatives: Optional[np.ndarray] = None
 
 
-def budgets(batch_size: int, max_len: int) -> tuple[int, int, int]:
-  """(node, edge, graph) budgets of a batch; fixed per (batch_size, max_len).
+def budgets(batch_size: int, max_len: int,
+            node_cap: Optional[int] = None) -> tuple[int, int, int]:
+  """(node, edge, graph) budgets of a batch (padding graph included).
 
   A session of ``n <= max_len`` clicks has at most ``n`` nodes and ``n - 1``
   edges, so ``batch_size * max_len`` nodes and ``batch_size * (max_len - 1)``
-  edges always fit; the extra node, edge and graph belong to the jraph
-  padding graph (which must own at least one node).
+  edges always fit (``node_cap=None``). With ``node_cap`` real nodes per
+  batch, real edges number at most ``node_cap - 1``. The extra node, edge and
+  graph belong to the jraph padding graph (which must own at least one node).
   """
-  return (batch_size * max_len + 1, batch_size * (max_len - 1) + 1,
-          batch_size + 1)
+  worst_nodes, worst_edges = batch_size * max_len, batch_size * (max_len - 1)
+  if node_cap is None:
+    nodes, edges = worst_nodes, worst_edges
+  else:
+    nodes = min(int(node_cap), worst_nodes)
+    edges = min(max(nodes - 1, 0), worst_edges)
+  return nodes + 1, edges + 1, batch_size + 1
+
+
+def node_cap_for(graphs: "SessionGraphs", batch_size: int,
+                 sigmas: float = 4.0, multiple: int = 64) -> int:
+  """Real-node cap of a batch of ``batch_size`` graphs of this split.
+
+  ``batch_size * mean + sigmas * sqrt(batch_size) * std`` of the per-graph
+  node count, rounded up to ``multiple``, at least the largest graph and at
+  most the worst case ``batch_size * max_len``. It depends only on the
+  split's node counts, so every epoch and shuffle gets the same shape.
+  """
+  n_node = graphs.n_node.astype(np.float64)
+  worst = batch_size * graphs.max_len
+  if n_node.size == 0:
+    return worst
+  cap = batch_size * n_node.mean() + sigmas * np.sqrt(batch_size) * n_node.std()
+  cap = int(-(-np.ceil(cap) // multiple) * multiple)
+  return int(min(max(cap, int(n_node.max())), worst))
 
 
 def build_graphs(split: Split, max_len: int) -> SessionGraphs:
@@ -225,20 +263,35 @@ def _ragged_take(offsets: np.ndarray, idx: np.ndarray):
   return flat, counts, out_offsets
 
 
-def make_batch(graphs: SessionGraphs, idx: np.ndarray,
-               batch_size: int) -> GraphBatch:
-  """Packs examples ``idx`` (at most ``batch_size``) into one padded batch."""
+def make_batch(graphs: SessionGraphs, idx: np.ndarray, batch_size: int,
+               node_cap: Optional[int] = None) -> GraphBatch:
+  """Packs examples ``idx`` (at most ``batch_size``) into one padded batch.
+
+  Args:
+    graphs: output of ``build_graphs``.
+    idx: example indices, at most ``batch_size`` of them.
+    batch_size: rows of the batch (B).
+    node_cap: real-node budget (see ``budgets``); None: worst case.
+
+  Raises:
+    ValueError: too many examples, or their nodes exceed ``node_cap``.
+  """
   idx = np.asarray(idx, np.int64)
   num_real = len(idx)
   if num_real > batch_size:
     raise ValueError(f"make_batch: {num_real} examples exceed batch_size "
                      f"{batch_size}")
   max_len = graphs.max_len
-  node_budget, edge_budget, _ = budgets(batch_size, max_len)
+  node_budget, edge_budget, _ = budgets(batch_size, max_len, node_cap)
 
   node_flat, node_counts, node_offsets = _ragged_take(graphs.node_offsets, idx)
   edge_flat, edge_counts, _ = _ragged_take(graphs.edge_offsets, idx)
   num_nodes, num_edges = int(node_offsets[-1]), len(edge_flat)
+  if num_nodes >= node_budget or num_edges >= edge_budget:
+    raise ValueError(
+        f"make_batch: {num_nodes} nodes / {num_edges} edges do not fit "
+        f"node_cap={node_cap} (budgets {node_budget - 1} / {edge_budget - 1}"
+        "); pack fewer examples or raise node_cap.")
   pad_node = num_nodes  # first node of the jraph padding graph
 
   nodes = np.zeros(node_budget, np.int32)
@@ -284,11 +337,70 @@ def make_batch(graphs: SessionGraphs, idx: np.ndarray,
                     negatives=negatives)
 
 
+def _resolve_cap(graphs: SessionGraphs, batch_size: int, node_cap) -> Optional[int]:
+  if node_cap is None:
+    return None
+  if isinstance(node_cap, str):
+    if node_cap != "auto":
+      raise ValueError(f"node_cap must be 'auto', None or an int, got {node_cap!r}")
+    return node_cap_for(graphs, batch_size)
+  node_cap = int(node_cap)
+  largest = int(graphs.n_node.max()) if len(graphs) else 0
+  if node_cap < max(largest, 1):
+    raise ValueError(f"node_cap={node_cap} is smaller than the largest graph "
+                     f"of the split ({largest} nodes).")
+  return node_cap
+
+
+def pack(n_node: np.ndarray, batch_size: int, node_cap: Optional[int],
+         drop_remainder: bool = False) -> np.ndarray:
+  """Batch boundaries [num_batches + 1] over graphs of sizes ``n_node``.
+
+  Greedy in order (as ``jraph.dynamically_batch``): a batch takes the next
+  graph while it has fewer than ``batch_size`` graphs and the nodes fit
+  ``node_cap`` (None: no node limit). ``drop_remainder`` drops a last batch
+  with fewer than ``batch_size`` graphs.
+  """
+  n = len(n_node)
+  if node_cap is None:
+    bounds = np.minimum(np.arange(0, n + batch_size, batch_size), n)
+    bounds = np.unique(bounds)
+  else:
+    csum = np.zeros(n + 1, np.int64)
+    np.cumsum(n_node, out=csum[1:])
+    bounds = [0]
+    start = 0
+    while start < n:
+      # Largest end with csum[end] - csum[start] <= node_cap.
+      end = int(np.searchsorted(csum, csum[start] + node_cap, side="right")) - 1
+      end = min(max(end, start + 1), start + batch_size, n)
+      bounds.append(end)
+      start = end
+    bounds = np.asarray(bounds, np.int64)
+  if drop_remainder and len(bounds) > 1 and bounds[-1] - bounds[-2] < batch_size:
+    bounds = bounds[:-1]
+  return bounds
+
+
+def _order(n: int, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+  return (np.random.default_rng([seed, epoch]).permutation(n) if shuffle
+          else np.arange(n))
+
+
 def num_batches(graphs: SessionGraphs, batch_size: int, *,
-                drop_remainder: bool = False) -> int:
-  """Number of batches ``iterate_batches`` yields."""
-  n = len(graphs)
-  return n // batch_size if drop_remainder else -(-n // batch_size)
+                drop_remainder: bool = False, node_cap=None,
+                shuffle: bool = False, seed: int = 0, epoch: int = 0) -> int:
+  """Number of batches ``iterate_batches`` yields with the same arguments.
+
+  With ``node_cap=None`` this is ``ceil(N / batch_size)`` (or the floor with
+  ``drop_remainder``); with a cap it can exceed that in rare epochs.
+  """
+  cap = _resolve_cap(graphs, batch_size, node_cap)
+  if cap is None:
+    n = len(graphs)
+    return n // batch_size if drop_remainder else -(-n // batch_size)
+  order = _order(len(graphs), shuffle, seed, epoch)
+  return len(pack(graphs.n_node[order], batch_size, cap, drop_remainder)) - 1
 
 
 def _prefetch(gen: Iterator, size: int) -> Iterator:
@@ -329,7 +441,9 @@ def _prefetch(gen: Iterator, size: int) -> Iterator:
 def iterate_batches(graphs: SessionGraphs, batch_size: int, *,
                     shuffle: bool, seed: int = 0, epoch: int = 0,
                     drop_remainder: bool = False,
-                    prefetch: int = 2) -> Iterator[GraphBatch]:
+                    prefetch: int = 2,
+                    node_cap: Union[int, str, None] = "auto"
+                    ) -> Iterator[GraphBatch]:
   """Yields fixed-shape ``GraphBatch``es over ``graphs``.
 
   Args:
@@ -338,24 +452,26 @@ def iterate_batches(graphs: SessionGraphs, batch_size: int, *,
     shuffle: permute examples; the order depends only on (seed, epoch).
     seed: base seed of the permutation.
     epoch: epoch number, mixed into the permutation seed.
-    drop_remainder: drop the last partial batch instead of padding it with
-      empty graphs (``graph_mask`` False).
+    drop_remainder: drop a last batch with fewer than ``batch_size`` graphs
+      instead of padding it with empty graphs (``graph_mask`` False).
     prefetch: batches assembled ahead in a background thread (0: none).
+    node_cap: real nodes per batch: "auto" (``node_cap_for`` of this split),
+      None (worst case ``batch_size * max_len``: exactly ``batch_size``
+      graphs per batch but the last) or an int.
 
   Yields:
-    ``GraphBatch`` of numpy arrays, one shape per (batch_size, max_len).
+    ``GraphBatch`` of numpy arrays, one shape per (split, batch_size,
+    node_cap).
   """
   if batch_size < 1:
     raise ValueError(f"iterate_batches: batch_size must be >= 1, got "
                      f"{batch_size}")
-  n = len(graphs)
-  order = (np.random.default_rng([seed, epoch]).permutation(n) if shuffle
-           else np.arange(n))
-  count = num_batches(graphs, batch_size, drop_remainder=drop_remainder)
+  cap = _resolve_cap(graphs, batch_size, node_cap)
+  order = _order(len(graphs), shuffle, seed, epoch)
+  bounds = pack(graphs.n_node[order], batch_size, cap, drop_remainder)
 
   def gen():
-    for b in range(count):
-      yield make_batch(graphs, order[b * batch_size:(b + 1) * batch_size],
-                       batch_size)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+      yield make_batch(graphs, order[lo:hi], batch_size, cap)
 
   return _prefetch(gen(), prefetch) if prefetch > 0 else gen()
