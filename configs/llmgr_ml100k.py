@@ -9,7 +9,7 @@ Reductions from the paper's setting, all for CPU time, each a config key:
     decoder blocks (llm.num_layers=6).
   * Prompts: at most 10 node placeholders (llmgr.max_nodes), item texts cut
     to 16 tokens (llmgr.max_text_tokens), 8 contrastive candidates.
-  * Training prompts: at most 1024 per task per stage (llmgr.train_limit);
+  * Training prompts: at most 4096 per task per stage (llmgr.train_limit);
     the paper uses every prefix. Evaluation uses every user (no limit).
   * Epochs: aux 1, major 2 (paper: 1 and 3); GC-SAN pre-trained for 3 epochs.
   * Backbone width 64.
@@ -31,7 +31,7 @@ def get_config():
   config.llmgr.num_candidates = 8
   config.llmgr.max_successors = 3
   config.llmgr.length_buckets = (48, 64, 96)
-  config.llmgr.train_limit = 1024
+  config.llmgr.train_limit = 4096
   config.llmgr.eval_limit = 0
 
   config.train.batch_size = 16

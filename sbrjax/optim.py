@@ -26,8 +26,10 @@ def make_schedule(train: ml_collections.ConfigDict, steps_per_epoch: int,
         decay_rate=float(train.decay_rate), staircase=True)
   if train.schedule == "cosine":
     warmup = int(train.warmup_steps)
+    if warmup <= 0:
+      return optax.cosine_decay_schedule(lr, decay_steps=max(total_steps, 1))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else lr, peak_value=lr, warmup_steps=warmup,
+        init_value=0.0, peak_value=lr, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=0.0)
   raise ValueError(f"config.train.schedule={train.schedule!r} is not supported; "
                    "choose one of 'constant', 'step', 'cosine'.")
