@@ -100,15 +100,21 @@ def batch_metric_sums(scores: jax.Array, targets: jax.Array,
   ``negatives`` is given, ``sampled``; ``"count"`` holds the number of real
   examples so sums from several batches can be merged and divided once.
   """
+  ranks = {"full": target_ranks(scores, targets)}
+  if negatives is not None:
+    ranks["sampled"] = sampled_ranks(scores, targets, negatives)
+  return rank_metric_sums(ranks, targets.shape, mask, ks)
+
+
+def rank_metric_sums(ranks: Mapping[str, jax.Array], shape, mask: Optional[jax.Array] = None,
+                     ks: Sequence[int] = DEFAULT_KS) -> Dict[str, jax.Array]:
+  """``batch_metric_sums`` from ranks already computed per mode (e.g. sharded)."""
   if mask is None:
-    mask = jnp.ones(targets.shape, jnp.bool_)
+    mask = jnp.ones(shape, jnp.bool_)
   maskf = mask.astype(jnp.float32)
   sums = {"count": jnp.sum(maskf)}
-  modes = {"full": target_ranks(scores, targets)}
-  if negatives is not None:
-    modes["sampled"] = sampled_ranks(scores, targets, negatives)
-  for mode, ranks in modes.items():
-    for name, value in metrics_from_ranks(ranks, ks).items():
+  for mode, r in ranks.items():
+    for name, value in metrics_from_ranks(r, ks).items():
       sums[f"{mode}/{name}"] = jnp.sum(value * maskf)
   return sums
 

@@ -122,6 +122,9 @@ def _to_global(x, target: NamedSharding):
   """Places one array (host or single device) with ``target``."""
   if target.is_fully_addressable:
     return jax.device_put(x, target)
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    # Already global (e.g. the previous stage's parameters): reshard on device.
+    return x if x.sharding == target else jax.device_put(x, target)
   # Multi-process: every process holds the same full value and hands each of
   # its devices only that device's slice.
   host = np.asarray(jax.device_get(x))
@@ -295,7 +298,8 @@ def make_sharded_train_step(model, schedule, trainable_mask, seed: int,
     ``PromptBatch`` or one already placed by :func:`place_batch`.
   """
   from sbrjax import train_llmgr  # pylint: disable=g-import-not-at-top
-  inner = train_llmgr.make_train_step(model, schedule, trainable_mask, seed)
+  # On a multi-device mesh the step's loss uses the shard_map item head.
+  inner = train_llmgr.make_train_step(model, schedule, trainable_mask, seed, mesh=mesh)
   replicated = NamedSharding(mesh, P())
   compiled = {}
 

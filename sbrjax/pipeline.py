@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any, Dict
 
+import jax
 import ml_collections
 from absl import logging
 
@@ -24,8 +25,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Dispatches on ``config.job``."""
   config_lib.validate_choice(config, "job", config_lib.JOBS)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   if config.job == "data":
     return run_data_job(config, workdir)
   print_statistics(config)

@@ -29,9 +29,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 from absl import logging
 
 from sbrjax import byte_tokenizer
+from sbrjax import item_head
 from sbrjax import labels as labels_lib
 from sbrjax import metrics as metrics_lib
 from sbrjax import optim
@@ -128,19 +130,42 @@ def _masked_xent(logits, targets, mask):
   return train_sbr.masked_xent(logits, targets, mask)
 
 
-def make_train_step(model, schedule, trainable_mask, seed: int):
+def catalog_sharded(mesh) -> bool:
+  """Whether the item head splits the catalog across devices (mesh of > 1 device)."""
+  return mesh is not None and mesh.size > 1
+
+
+def make_loss(model, mesh=None):
+  """``loss(params, batch, rng)``: mean cross-entropy over real examples.
+
+  On a mesh of several devices the softmax over items runs in
+  ``sbrjax.item_head`` (``shard_map``: per-device partial logits and a
+  distributed log-sum-exp) on f_out's output rows, so catalogs of millions of
+  items never materialise whole logits on one device; otherwise the dense
+  logits of f_out.
+  """
+  def loss(params, batch, rng):
+    kwargs = dict(deterministic=False, rngs={"dropout": rng})
+    if not catalog_sharded(mesh):
+      logits = model.apply({"params": params}, batch, **kwargs)
+      return _masked_xent(logits, batch.targets, batch.mask)
+    feats = model.apply({"params": params}, batch, features_only=True, **kwargs)
+    ce = item_head.sharded_softmax_xent(
+        llmgr_lib.with_bias_column(feats), llmgr_lib.head_table(params["f_out"]),
+        batch.targets, mesh, axis=tuple(mesh.axis_names))
+    maskf = batch.mask.astype(jnp.float32)
+    return jnp.sum(jnp.where(batch.mask, ce, 0.0)) / jnp.maximum(jnp.sum(maskf), 1.0)
+  return loss
+
+
+def make_train_step(model, schedule, trainable_mask, seed: int, mesh=None):
   dropout_key = jax.random.PRNGKey(seed + 7)
+  loss_fn = make_loss(model, mesh)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def train_step(state, batch):
     rng = jax.random.fold_in(dropout_key, state.step)
-
-    def loss_fn(params):
-      logits = model.apply({"params": params}, batch, deterministic=False,
-                           rngs={"dropout": rng})
-      return _masked_xent(logits, batch.targets, batch.mask)
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
     trainable_grads = jax.tree_util.tree_map(
         lambda g, m: g if m == "trainable" else jnp.zeros((), g.dtype), grads, trainable_mask)
     new_state = state.apply_gradients(grads=grads)
@@ -150,17 +175,43 @@ def make_train_step(model, schedule, trainable_mask, seed: int):
   return train_step
 
 
-def make_evaluator(model, ks):
-  @jax.jit
-  def eval_step(params, batch):
+def make_evaluator(model, ks, mesh=None, rules=None):
+  """``evaluate(params, batcher) -> metrics``.
+
+  On a mesh, batches are split over its batch axes, full-ranking target ranks
+  come from the catalog-sharded ``item_head.sharded_target_rank`` and the
+  sampled candidates' scores from their own f_out rows; metric sums come
+  back replicated to every process.
+  """
+  def dense_step(params, batch):
     logits = model.apply({"params": params}, batch, deterministic=True)
     return metrics_lib.batch_metric_sums(logits, batch.targets, batch.mask,
                                          batch.negatives, ks=ks)
 
+  def sharded_step(params, batch):
+    h = llmgr_lib.with_bias_column(
+        model.apply({"params": params}, batch, deterministic=True, features_only=True))
+    table = llmgr_lib.head_table(params["f_out"])  # [M, H + 1]
+    ranks = {"full": item_head.sharded_target_rank(h, table, batch.targets, mesh,
+                                                   axis=tuple(mesh.axis_names))}
+    if batch.negatives is not None:
+      cands = jnp.concatenate([batch.targets[:, None], batch.negatives], axis=1)  # [B, K+1]
+      scores = jnp.einsum("bd,bkd->bk", h, table[cands])
+      ranks["sampled"] = metrics_lib.target_ranks(scores, jnp.zeros_like(batch.targets))
+    return metrics_lib.rank_metric_sums(ranks, batch.targets.shape, batch.mask, ks)
+
+  if mesh is None:
+    step = jax.jit(dense_step)
+    place = lambda batch: batch
+  else:
+    step = jax.jit(sharded_step if catalog_sharded(mesh) else dense_step,
+                   out_shardings=NamedSharding(mesh, PartitionSpec()))
+    place = lambda batch: parallel.place_batch(batch, mesh, rules)
+
   def evaluate(params, batcher, aliases=False):
     acc = metrics_lib.MetricAccumulator()
     for batch in batcher.iterate(shuffle=False):
-      acc.add(eval_step(params, batch))
+      acc.add(step(params, place(batch)))
     return acc.result(aliases=aliases)
 
   return evaluate
@@ -174,6 +225,11 @@ def pretrained_sbr(config, data, workdir):
   """Backbone parameters ({"sbr": ...}) and the backbone-alone results."""
   if config.llmgr.sbr_checkpoint:
     source = config.llmgr.sbr_checkpoint
+  elif jax.process_count() > 1:
+    raise ValueError(
+        "Multi-process LLMGR runs need a trained backbone: train it once in a single "
+        "process (python -m sbrjax.main --config=... --config.job=sbr --workdir=RUN) and "
+        "pass --config.llmgr.sbr_checkpoint=RUN.")
   else:
     source = os.path.join(workdir, "sbr_pretrain")
     sbr_cfg = ml_collections.ConfigDict(config.to_dict())
@@ -187,7 +243,12 @@ def pretrained_sbr(config, data, workdir):
   first = graphs_lib.make_batch(graphs_lib.build_graphs(data.valid.select(np.arange(1)),
                                                         int(config.data.max_len)),
                                 np.arange(1), 1)
-  abstract = jax.eval_shape(lambda: train_sbr.init_params(model, first, 0))
+  # Restore onto this process's own device; the LLMGR state is placed on the
+  # mesh afterwards (the checkpoint's recorded device may belong to another process).
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
+      jax.eval_shape(lambda: train_sbr.init_params(model, first, 0)))
   params = train_sbr.restore_backbone(source, abstract,
                                       train_sbr.signature(cfg, data.fingerprint))
   results_path = os.path.join(source, "results.json")
@@ -282,7 +343,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   valid_batcher, test_batcher = eval_batcher(data.valid), eval_batcher(data.test)
   check_tree(model, params, next(valid_batcher.iterate(shuffle=False)))
-  evaluate = make_evaluator(model, tuple(config.eval.ks))
   writer = writer_lib.MetricWriter(os.path.join(workdir, "tensorboard", "llmgr"))
   writer.write_text("config", config.to_json_best_effort(indent=2))
   signature = {"model": f"llmgr/{sbr_cfg.backbone}", "num_items": data.num_items,
@@ -292,6 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   mesh = parallel.mesh_from_config(config.mesh)
   rules = parallel.logical_rules(config.logical_axis_rules)
+  evaluate = make_evaluator(model, tuple(config.eval.ks), mesh, rules)
   stage_summaries = {}
   for name in config.stage_order:
     if name not in config.stages:

@@ -28,6 +28,7 @@ import dataclasses
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from sbrjax.models import llama as llama_lib
@@ -77,11 +78,13 @@ class ItemHead(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, features_only: bool = False):
     x = x.astype(jnp.float32)
     if self.hidden:
       x = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
       x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    if features_only:  # what the output layer "out" multiplies (catalog-sharded heads)
+      return x  # [B, H or D]
     return nn.Dense(self.num_items, name="out")(x)  # [B, num_items]
 
 
@@ -122,10 +125,26 @@ class LLMGR(nn.Module):
     embeds = self.llm.embed(batch.input_ids)  # [B, L, D]
     return splice(embeds, projected, batch.slot_pos)
 
-  def __call__(self, batch: PromptBatch, deterministic: bool = True):
+  def __call__(self, batch: PromptBatch, deterministic: bool = True,
+               features_only: bool = False):
+    """Logits [B, num_items]; or, with ``features_only``, the input of f_out's
+    output layer, for heads that split the catalog across devices."""
     embeds = self.hybrid_embeddings(batch, deterministic)
     out = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                    return_logits=False, deterministic=deterministic)
     hidden = out.hidden_states  # [B, L, D]
     last = jnp.take_along_axis(hidden, batch.last_pos[:, None, None], axis=1)[:, 0]  # [B, D]
-    return self.f_out(last, deterministic=deterministic)  # [B, num_items]
+    return self.f_out(last, deterministic=deterministic, features_only=features_only)
+
+
+def head_table(f_out_params) -> jax.Array:
+  """[M, H + 1] rows of f_out's output layer with its bias as the last column."""
+  out = f_out_params["out"]
+  return jnp.concatenate([out["kernel"].T, out["bias"][:, None]], axis=1).astype(jnp.float32)
+
+
+def with_bias_column(features: jax.Array) -> jax.Array:
+  """[B, H + 1]: features and a column of ones, so features @ head_table.T
+  equals f_out's logits exactly (up to summation order)."""
+  ones = jnp.ones(features.shape[:-1] + (1,), jnp.float32)
+  return jnp.concatenate([features.astype(jnp.float32), ones], axis=-1)
