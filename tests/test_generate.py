@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sbrjax.models.generate import generate, sample_token
-from sbrjax.models.llama import Llama, LlamaConfig, init_cache
+from sbrjax.models.llama import Llama, init_cache
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -10,7 +10,6 @@ in-process against NumPy.
 import numpy as np
 import pytest
 import jax
-import jax.numpy as jnp
 
 from sbrjax import distributed
 from sbrjax import item_head
@@ -20,7 +19,6 @@ import json
 import time
 import numpy as np
 import jax
-import jax.numpy as jnp
 from sbrjax import item_head as ih
 from sbrjax import sharding as sh
 

@@ -12,7 +12,6 @@ from sbrjax.data.types import PreparedData, Split
 from sbrjax.llm4sbr import config as l4s_config
 from sbrjax.llm4sbr import inference
 from sbrjax.llm4sbr import intents as intents_lib
-from sbrjax.models import llama as llama_lib
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,10 @@
 """LLM4SBR fusion model: backbone identity, losses, labels, a training step."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 from flax.training import train_state
 

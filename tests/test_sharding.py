@@ -9,7 +9,6 @@ imported, so it runs in a few subprocesses (each prints one JSON line):
 Pure functions (rule tables, memory estimate, env parsing) run in-process.
 """
 
-import math
 import time
 
 import jax
