@@ -85,3 +85,20 @@ def test_chat_generation_answers(smol):
   out = llm.generate(model, params, tok, ["What is the capital of France?"],
                      max_new_tokens=12, chat=True)
   assert "Paris" in out[0], out
+
+
+def test_torch_free_tokenizer_equals_transformers_gguf_tokenizer():
+  """sbrjax builds the GGUF tokenizer without PyTorch; it must be transformers' one."""
+  from transformers import AutoTokenizer
+  from sbrjax.convert import gguf as gguf_lib
+  path = _gguf_path()
+  ref = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+  tok = gguf_lib.gguf_tokenizer(path)
+  text = "The order in which users click: 1. Toy Story (1995)_12 — naïve café!"
+  assert tok.encode(text) == ref.encode(text)
+  assert tok.encode(text, add_special_tokens=False) == ref.encode(text, add_special_tokens=False)
+  assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (
+      ref.bos_token_id, ref.eos_token_id, ref.pad_token_id)
+  chat = [{"role": "user", "content": "Guess an item."}]
+  assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
+      ref.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)

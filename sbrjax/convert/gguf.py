@@ -160,9 +160,52 @@ def load_gguf(path: str, dtype: Any = jnp.float32,
   return config, params
 
 
+# Special tokens named in GGUF metadata (as transformers' GGUF loader names them).
+_SPECIAL_TOKEN_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
+                      "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
+
+
+def gguf_metadata(path: str, full_arrays=("tokenizer.ggml.tokens",
+                                          "tokenizer.ggml.merges")) -> dict:
+  """GGUF key -> value; string arrays other than ``full_arrays`` become their length.
+
+  The same shape of metadata transformers' own GGUF reader returns, read with
+  the ``gguf`` package (transformers' reader needs PyTorch).
+  """
+  reader = open_gguf(os.fspath(path))
+  meta = {}
+  for key, field in reader.fields.items():
+    if not field.types:
+      continue
+    is_string_array = (field.types[0] == gguf.GGUFValueType.ARRAY and len(field.types) > 1
+                       and field.types[1] == gguf.GGUFValueType.STRING)
+    if is_string_array and key not in full_arrays:
+      meta[key] = len(field.data)
+    else:
+      meta[key] = field.contents()
+  return meta
+
+
 def gguf_tokenizer(path: str):
-  """An HF tokenizer built from the GGUF's ``tokenizer.ggml.*`` metadata."""
-  from transformers import AutoTokenizer
-  path = os.path.abspath(os.fspath(path))
-  return AutoTokenizer.from_pretrained(os.path.dirname(path),
-                                       gguf_file=os.path.basename(path))
+  """An HF fast tokenizer built from the GGUF's ``tokenizer.*`` metadata.
+
+  Equivalent to ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` (a test
+  checks it) but without PyTorch: the metadata is read with the ``gguf``
+  package and converted by transformers' torch-free GGUF tokenizer builder.
+  """
+  from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+  from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping  # pylint: disable=g-import-not-at-top
+  meta = gguf_metadata(path)
+  if "tokenizer.ggml.tokens" not in meta:
+    raise ValueError(f"{path}: the GGUF file holds no tokenizer (tokenizer.ggml.tokens).")
+  grouped = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items()
+                     if f"tokenizer.{key}" in meta}
+             for group, renames in mapping.GGUF_TOKENIZER_MAPPING.items()}
+  tok_dict, tok_config = grouped["tokenizer"], grouped["tokenizer_config"]
+  if tok_dict.get("tokenizer_type") == "llama":
+    tok_config.setdefault("add_bos_token", True)  # llama.cpp's rule for sentencepiece
+  for name, key in _SPECIAL_TOKEN_IDS.items():
+    token_id = meta.get(f"tokenizer.ggml.{key}")
+    tok_config[name] = tok_dict["tokens"][token_id] if token_id is not None else None
+  backend, extra = mapping.convert_gguf_tokenizer(meta["general.architecture"], tok_dict)
+  return PreTrainedTokenizerFast(tokenizer_object=backend, **tok_config, **extra)
