@@ -19,6 +19,7 @@ import json
 import time
 import numpy as np
 import jax
+import jax.numpy as jnp
 from sbrjax import item_head as ih
 from sbrjax import sharding as sh
 
