@@ -100,6 +100,7 @@ class StageCheckpoints:
 def restore_params(best_dir: str, abstract_params: Any, signature: Mapping[str, Any],
                    keys: Optional[Tuple[str, ...]] = None):
   """(params, meta) from a ``best/`` directory, after checking the signature."""
+  best_dir = os.path.abspath(best_dir)
   if not os.path.isdir(best_dir):
     raise FileNotFoundError(f"No checkpoint directory {best_dir!r}.")
   mngr = ocp.CheckpointManager(best_dir)

@@ -24,6 +24,8 @@ def default_workdir(config_path: str, config: ml_collections.ConfigDict) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Dispatches on ``config.job``."""
   config_lib.validate_choice(config, "job", config_lib.JOBS)
+  # Orbax wants absolute paths; the default workdir (workdirs/NAME) is relative.
+  workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:

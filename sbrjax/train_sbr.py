@@ -178,6 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
 def restore_backbone(source: str, params, sig) -> Any:
   """Backbone parameters of another run (its workdir or its ``best`` dir)."""
+  source = os.path.abspath(source)
   candidates = [source, os.path.join(source, "best"), os.path.join(source, STAGE, "best")]
   for path in candidates:
     if os.path.isdir(path) and os.path.basename(os.path.normpath(path)) == "best":

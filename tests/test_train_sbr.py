@@ -157,3 +157,14 @@ def test_restore_from_missing_directory_is_explained(tiny_config, tmp_path):
   tiny_config.restore_from = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="config.restore_from"):
     train_sbr.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+
+
+def test_relative_workdir_and_restore_from_work(tiny_config, tmp_path, monkeypatch):
+  """The CLI's default workdir is relative (workdirs/NAME); Orbax needs absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  tiny_config.train.epochs = 1
+  from sbrjax import pipeline
+  pipeline.run(tiny_config, os.path.join("workdirs", "first"))
+  tiny_config.restore_from = os.path.join("workdirs", "first")
+  out = train_sbr.train_and_evaluate(tiny_config, os.path.join("workdirs", "second"))
+  assert 0.0 <= out["test"]["full/HR@20"] <= 1.0
