@@ -45,10 +45,20 @@ class StageCheckpoints:
 
   def __init__(self, stage_dir: str, *, save_best: bool = True):
     self.stage_dir = os.path.abspath(stage_dir)
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    stage = os.path.basename(self.stage_dir)
+
+    def options(kind):
+      # Each manager gets its own barrier keys: in multi-process runs two
+      # managers' "_async_write_complete.N" barriers would otherwise collide.
+      return ocp.CheckpointManagerOptions(
+          max_to_keep=1, create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=f"sbrjax_{stage}_{kind}"))
+
     self._latest = ocp.CheckpointManager(os.path.join(self.stage_dir, "latest"),
-                                         options=options)
-    self._best = (ocp.CheckpointManager(os.path.join(self.stage_dir, "best"), options=options)
+                                         options=options("latest"))
+    self._best = (ocp.CheckpointManager(os.path.join(self.stage_dir, "best"),
+                                        options=options("best"))
                   if save_best else None)
 
   # ---- saving
@@ -59,6 +69,8 @@ class StageCheckpoints:
   def save_best(self, step: int, params: Any, meta: Dict[str, Any]) -> None:
     self._best.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
+    # Finish before the latest-state save starts: never two saves in flight.
+    self._best.wait_until_finished()
 
   def wait(self) -> None:
     self._latest.wait_until_finished()
