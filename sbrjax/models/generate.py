@@ -61,12 +61,17 @@ def _generate(model: Llama, params, input_ids: Array, attention_mask: Array,
   b, p = input_ids.shape
   variables = {"params": params}
   cache = init_cache(model.config, b, p + max_new_tokens)
+  # Prefill without the [B, P, V] logits: only each row's last position is
+  # projected onto the vocabulary (at P = 160 and V = 49k the full projection
+  # costs a quarter of SmolLM2's prefill FLOPs and a 1 GB buffer at B = 32).
   out = model.apply(variables, input_ids, attention_mask=attention_mask,
-                    cache=cache)
+                    cache=cache, return_logits=False)
   # Slot of each row's last real token (P - 1 under left padding).
   last_slot = jnp.max(jnp.where(attention_mask > 0, jnp.arange(p), 0), axis=-1)
-  last = jnp.take_along_axis(out.logits, last_slot[:, None, None],
-                             axis=1)[:, 0]  # [B, V]
+  last_hidden = jnp.take_along_axis(out.hidden_states, last_slot[:, None, None],
+                                    axis=1)  # [B, 1, D]
+  last = model.apply(variables, last_hidden,
+                     method=model.logits_from_hidden)[:, 0]  # [B, V]
 
   def is_eos(tok):
     return jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
