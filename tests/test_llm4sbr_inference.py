@@ -154,3 +154,17 @@ def test_imported_texts_build_validated_arrays(tmp_path):
     intents_lib.load_intent_array(paths["test"], expected_fingerprint="other",
                                   expected_rows=len(data.test), expected_dim=encoder.dim,
                                   perspectives=("long_term",))
+
+
+def test_text_cache_key_depends_on_seed_only_for_random_weights(tmp_path):
+  cfg = l4s_config.llm4sbr_config()
+  cfg.llm.source = "gguf"
+  assert inference.llm_cache_desc(cfg, 0) == inference.llm_cache_desc(cfg, 7)
+  cfg.llm.num_layers = 4  # a truncated LLM writes other texts
+  assert inference.llm_cache_desc(cfg, 0) != inference.llm_cache_desc(
+      l4s_config.llm4sbr_config(), 0)
+  cfg.llm.source = "random"
+  assert inference.llm_cache_desc(cfg, 0) != inference.llm_cache_desc(cfg, 7)
+  texts = tmp_path / "{split}.jsonl"
+  cfg.llm4sbr.intent_texts = str(texts)
+  assert inference.llm_cache_desc(cfg, 0) == {"imported": str(texts)}

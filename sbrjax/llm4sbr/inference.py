@@ -346,6 +346,23 @@ def text_key(config, llm_desc: Mapping[str, Any]) -> Dict[str, Any]:
           "max_new_tokens": int(m.max_new_tokens), "chat": bool(m.chat)}
 
 
+def llm_cache_desc(config, seed: int) -> Dict[str, Any]:
+  """What identifies the intent texts' source in the cache key.
+
+  Greedy decoding of a loaded LLM does not depend on the training seed, so
+  runs with other seeds share its texts; only ``llm.source="random"``
+  weights (tests) are drawn from the seed.
+  """
+  if config.llm4sbr.intent_texts:
+    return {"imported": os.path.abspath(config.llm4sbr.intent_texts)}
+  desc = dict(config.llm.to_dict())
+  if config.llm.source == "random":
+    desc["seed"] = int(seed)
+  else:
+    desc.pop("preset", None)  # the shape of random weights only
+  return desc
+
+
 def array_path(root: pathlib.Path, texts_id: str, config, encoder_name: str,
                split: str) -> pathlib.Path:
   key = {"texts": texts_id, "encoder": encoder_name,
@@ -405,12 +422,7 @@ def ensure_intent_arrays(config, data: PreparedData, *, seed: int = 0,
   root = cache_root(config, data)
   names = tuple(prompts_lib.PERSPECTIVES)  # texts always hold both views
   summary: Dict[str, Any] = {"cache": str(root)}
-  llm_desc: Dict[str, Any]
-  if m.intent_texts:
-    llm_desc = {"imported": os.path.abspath(m.intent_texts)}
-  else:
-    llm_desc = {k: v for k, v in config.llm.to_dict().items()}
-    llm_desc["seed"] = seed
+  llm_desc = llm_cache_desc(config, seed)
   tkey = text_key(config, llm_desc)
   texts_id = _digest(tkey)
   text_dir = root / "texts" / texts_id
@@ -429,22 +441,27 @@ def ensure_intent_arrays(config, data: PreparedData, *, seed: int = 0,
           m.intent_texts.format(split=split), names,
           expected_sessions=[str(i) for i in range(len(sp))], allow_empty=True)
     else:
-      if generate_fn is None and generator is None:
-        t0 = time.perf_counter()
-        model, params, tok, _ = load_generator_llm(config.llm, seed)
-        generator = LLMIntentGenerator(
-            model, params, tok, max_new_tokens=int(m.max_new_tokens),
-            batch_size=int(m.gen_batch_size), chat=bool(m.chat),
-            length_bucket=int(m.length_bucket))
-        summary["llm_load_seconds"] = time.perf_counter() - t0
+      def generate(prompt_batch):
+        # The LLM loads on the first missing text only (a warm cache needs none).
+        nonlocal generator
+        if generate_fn is not None:
+          return generate_fn(prompt_batch)
+        if generator is None:
+          t0 = time.perf_counter()
+          model, params, tok, _ = load_generator_llm(config.llm, seed)
+          generator = LLMIntentGenerator(
+              model, params, tok, max_new_tokens=int(m.max_new_tokens),
+              batch_size=int(m.gen_batch_size), chat=bool(m.chat),
+              length_bucket=int(m.length_bucket))
+          summary["llm_load_seconds"] = time.perf_counter() - t0
+        return generator(prompt_batch)
       prompts = prompts_lib.build_prompts(
           sp, data.item_texts, data.item_raw_ids, max_items=int(m.prompt_max_items))
       text_dir.mkdir(parents=True, exist_ok=True)
       with open(text_dir / "key.json", "w") as f:
         json.dump(tkey, f, indent=2, default=str)
       t0 = time.perf_counter()
-      texts = generate_intent_texts(text_dir / split, prompts,
-                                    generate_fn or generator,
+      texts = generate_intent_texts(text_dir / split, prompts, generate,
                                     chunk_size=int(m.gen_chunk), progress=True)
       summary[f"{split}_generate_seconds"] = time.perf_counter() - t0
       write_texts_jsonl(text_dir / f"{split}.jsonl", texts, names)
