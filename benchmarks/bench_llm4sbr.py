@@ -4,7 +4,8 @@ Stage 1: greedy intent generation with ``LLMIntentGenerator`` on real
 ml-100k-style prompts (the real SmolLM2 GGUF with ``--llm=gguf``, else a
 random model of SmolLM2's shape, ``--llm=random``), timed after a warm-up
 batch (compilation excluded). Stage 2: jitted train steps of LLM4SBR(backbone)
-and of the plain backbone on the same batches, measured in the same process.
+and of the plain backbone on the same batches, measured in the same process,
+with XLA's memory account of each compiled step (the Table 3 question).
 Prints one JSON object.
 
   python benchmarks/bench_llm4sbr.py --llm=gguf --prompts=64 --steps=30
@@ -92,6 +93,7 @@ def bench_training(args):
                               trainable=("sbr", "fusion") if cfg else ("sbr",))
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     step = train_llm4sbr.make_train_step(train_llm4sbr.make_forward(model, cfg), schedule, 0)
+    step_memory = train_llm4sbr.compiled_step_memory(step, state, data[0])
     state, _ = step(state, data[0])
     jax.block_until_ready(state)
     n = min(args.steps, len(data) - 1)
@@ -101,9 +103,13 @@ def bench_training(args):
     jax.block_until_ready(state)
     dt = time.perf_counter() - t0
     out[variant] = {"steps": n, "examples_per_s": n * args.batch / dt,
-                    "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params)))}
+                    "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
+                    "step_compiled_memory": step_memory}
   out["llm4sbr_over_backbone_time"] = (out["backbone"]["examples_per_s"] /
                                        out["llm4sbr"]["examples_per_s"])
+  peaks = [out[v]["step_compiled_memory"].get("peak_bytes") for v in ("llm4sbr", "backbone")]
+  if all(peaks):
+    out["llm4sbr_over_backbone_step_memory"] = peaks[0] / peaks[1]
   return out
 
 
