@@ -232,6 +232,21 @@ def with_intents(batches, intents: Optional[np.ndarray]):
     yield gb, x
 
 
+def apply_intent_control(arrays: Dict[str, np.ndarray], control: str,
+                         seed: int) -> Dict[str, np.ndarray]:
+  """Intent arrays as the control asks: unchanged, rows permuted, or zeros."""
+  if control == "none":
+    return arrays
+  out = {}
+  for i, (split, arr) in enumerate(sorted(arrays.items())):
+    if control == "zeros":
+      out[split] = np.zeros_like(arr)
+    else:  # shuffle
+      perm = np.random.default_rng([seed, 7919, i]).permutation(len(arr))
+      out[split] = np.ascontiguousarray(arr[perm])
+  return out
+
+
 def init_params(model, batch, seed: int, fused: bool):
   rngs = {"params": jax.random.PRNGKey(seed), "dropout": jax.random.PRNGKey(seed + 1)}
   gb, intents = batch
@@ -267,6 +282,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"config.llm4sbr.variant={variant!r}; choose one of "
                      f"{', '.join(l4s_config.VARIANTS)}.")
   fused = variant == "llm4sbr"
+  control = config.llm4sbr.intent_control
+  if control not in l4s_config.CONTROLS:
+    raise ValueError(f"config.llm4sbr.intent_control={control!r}; choose one of "
+                     f"{', '.join(l4s_config.CONTROLS)}.")
   data = load_data(config)
   sbr_cfg = train_sbr.sbr_config(config, data.num_items)
   seed = int(config.seed)
@@ -286,6 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       arrays[split] = inference.load_split_intents(paths[split], data, split, dim,
                                                    cfg.perspectives)
     stage1["arrays"] = {s: str(p) for s, p in paths.items()}
+    arrays = apply_intent_control(arrays, control, seed)
     model = llm4sbr_lib.LLM4SBR(cfg)
   else:
     model = sbr_lib.create_model(sbr_cfg)
@@ -306,7 +326,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
          "variant": variant, "num_items": sbr_cfg.num_items,
          "embed_dim": sbr_cfg.embed_dim, "data": data.fingerprint,
          "perspectives": list(cfg.perspectives) if fused else [],
-         "f": int(config.llm4sbr.f) if fused else -1}
+         "f": int(config.llm4sbr.f) if fused else -1,
+         "intent_control": control if fused else "none"}
   if config.restore_from:
     params["sbr"] = train_sbr.restore_backbone(
         config.restore_from, {"sbr": params["sbr"]},
@@ -353,12 +374,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.close()
   history = result["meta"]["history"]
   summary = {
-      "model": (f"llm4sbr({sbr_cfg.backbone})" if fused else sbr_cfg.backbone),
+      "model": ((f"llm4sbr({sbr_cfg.backbone})" if control == "none" else
+                 f"llm4sbr({sbr_cfg.backbone}, {control} intents)")
+                if fused else sbr_cfg.backbone),
       "variant": variant, "dataset": data.name, "protocol": data.protocol,
       "num_items": data.num_items, "data_fingerprint": data.fingerprint,
       "examples": {s: len(getattr(data, s)) for s in inference.SPLITS},
       "restriction": data.stats.get("restricted"),
       "perspectives": list(cfg.perspectives) if fused else [],
+      "intent_control": control if fused else None,
       "f": int(config.llm4sbr.f) if fused else None,
       "tau": float(config.llm4sbr.tau) if fused else None,
       "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(best))),

@@ -181,3 +181,28 @@ def test_paper_configs_run_on_files_in_their_published_formats(name, tmp_path):
   assert out["test"]["count"] == out["examples"]["test"] > 0
   assert 0.0 <= out["test"]["full/MRR@20"] <= out["test"]["full/P@20"] <= 1.0
   assert out["restriction"] is None  # the paper configs keep every row
+
+
+def test_intent_controls_break_only_the_row_correspondence():
+  rng = np.random.default_rng(0)
+  arrays = {s: rng.normal(size=(n, 2, 4)).astype(np.float32)
+            for s, n in (("train", 50), ("valid", 7), ("test", 9))}
+  assert train_llm4sbr.apply_intent_control(arrays, "none", 0) is arrays
+  shuffled = train_llm4sbr.apply_intent_control(arrays, "shuffle", 0)
+  for split, arr in arrays.items():
+    out = shuffled[split]
+    assert out.shape == arr.shape and not np.array_equal(out, arr)
+    # The same rows, permuted: a row of the output is a whole row of the input.
+    np.testing.assert_array_equal(np.sort(out.reshape(len(out), -1), axis=0),
+                                  np.sort(arr.reshape(len(arr), -1), axis=0))
+  again = train_llm4sbr.apply_intent_control(arrays, "shuffle", 0)
+  assert all(np.array_equal(again[s], shuffled[s]) for s in arrays)
+  zeros = train_llm4sbr.apply_intent_control(arrays, "zeros", 0)
+  assert all(not zeros[s].any() and zeros[s].shape == arrays[s].shape for s in arrays)
+
+
+def test_unknown_intent_control_refused():
+  cfg = config_lib.load_config_file(CONFIG)
+  cfg.llm4sbr.intent_control = "reversed"
+  with pytest.raises(ValueError, match="intent_control='reversed'"):
+    train_llm4sbr.train_and_evaluate(cfg, "/nonexistent/never-written")

@@ -14,6 +14,7 @@ import ml_collections
 from sbrjax.config import base_config
 
 VARIANTS = ("llm4sbr", "backbone")
+CONTROLS = ("none", "shuffle", "zeros")
 
 
 def llm4sbr_config() -> ml_collections.ConfigDict:
@@ -43,6 +44,10 @@ def llm4sbr_config() -> ml_collections.ConfigDict:
   config.llm4sbr = m = ml_collections.ConfigDict()
   m.variant = "llm4sbr"      # "llm4sbr" | "backbone" (plain SBR on the same rows)
   m.perspectives = ("long_term", "short_term")  # ablations: drop one
+  # Controls that keep the fused model but break its intents: "shuffle"
+  # permutes the rows of every split's intent array (same distribution, no
+  # row correspondence), "zeros" feeds zero intents; "none" is the method.
+  m.intent_control = "none"
   m.f = 5                    # localization width (0: raw intent embeddings)
   m.tau = 0.1                # weight of alignment + uniformity
   m.uniformity_t = 2.0       # t in log E exp(-t ||x - x'||^2) (DirectAU)
