@@ -240,7 +240,7 @@ def apply_intent_control(arrays: Dict[str, np.ndarray], control: str,
   out = {}
   for i, (split, arr) in enumerate(sorted(arrays.items())):
     if control == "zeros":
-      out[split] = np.zeros_like(arr)
+      out[split] = np.zeros(arr.shape, np.float32)
     else:  # shuffle
       perm = np.random.default_rng([seed, 7919, i]).permutation(len(arr))
       out[split] = np.ascontiguousarray(arr[perm])

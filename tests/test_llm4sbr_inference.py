@@ -150,6 +150,11 @@ def test_imported_texts_build_validated_arrays(tmp_path):
   n = len(data.valid)
   want = encoder.encode_texts([f"item {(r + 1) % 10}" for r in range(n)])
   np.testing.assert_allclose(got[:, 0], want, atol=1e-6)
+  assert not isinstance(got, np.memmap)  # reordered: an in-memory copy
+  same = inference.load_split_intents(paths["valid"], data, "valid", encoder.dim,
+                                      ("long_term", "short_term"))
+  assert isinstance(same, np.memmap)  # the stored order: stays memory-mapped
+  np.testing.assert_array_equal(same[:, 1], got[:, 0])
   with pytest.raises(ValueError, match="fingerprint"):
     intents_lib.load_intent_array(paths["test"], expected_fingerprint="other",
                                   expected_rows=len(data.test), expected_dim=encoder.dim,

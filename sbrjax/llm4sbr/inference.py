@@ -397,11 +397,18 @@ def item_embeddings(encoder, data: PreparedData, root: pathlib.Path,
 
 def load_split_intents(path, data: PreparedData, split: str, dim: int,
                        perspectives: Sequence[str]) -> np.ndarray:
-  """Validated float32 [rows, P, d] for ``split`` in ``perspectives`` order."""
+  """Validated float32 [rows, P, d] for ``split`` in ``perspectives`` order.
+
+  The file stays memory-mapped (batches gather their rows from it) when it
+  holds exactly these perspectives in this order; an ablation that drops or
+  reorders perspectives gets an in-memory copy of the columns it uses.
+  """
   arr = intents_lib.load_intent_array(
       path, expected_fingerprint=data.fingerprint,
       expected_rows=len(getattr(data, split)), expected_dim=dim,
       perspectives=perspectives)
+  if tuple(arr.perspectives) == tuple(perspectives):
+    return arr.values
   return np.ascontiguousarray(arr.select(list(perspectives)), np.float32)
 
 
