@@ -25,7 +25,6 @@ rows and batches (the comparison baseline; no intents are built).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import resource
@@ -36,7 +35,6 @@ from typing import Any, Dict, Optional
 import jax
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from flax.training import train_state
 
@@ -184,23 +182,13 @@ def make_forward(model, cfg: Optional[llm4sbr_lib.LLM4SBRConfig]):
 
 
 def make_train_step(forward, schedule, seed: int):
-  dropout_key = jax.random.PRNGKey(seed + 2)
+  """The jitted train step of the fused model (or of the plain backbone)."""
 
-  @functools.partial(jax.jit, donate_argnums=0)
-  def train_step(state, batch):
-    rng = jax.random.fold_in(dropout_key, state.step)
+  def loss_fn(params, batch, rng):
+    loss, parts, _ = forward(params, batch, False, {"dropout": rng})
+    return loss, parts
 
-    def loss_fn(params):
-      loss, parts, _ = forward(params, batch, False, {"dropout": rng})
-      return loss, parts
-
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = state.apply_gradients(grads=grads)
-    return new_state, {"loss": loss, **parts, "grad_norm": optax.global_norm(grads),
-                       "param_norm": optax.global_norm(state.params),
-                       "learning_rate": schedule(state.step)}
-
-  return train_step
+  return trainer.make_train_step(loss_fn, schedule, jax.random.PRNGKey(seed + 2))
 
 
 def make_evaluator(forward, ks):

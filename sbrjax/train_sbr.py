@@ -10,7 +10,6 @@ LLMGR and LLM4SBR, whose trees hold the backbone under the same key.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -68,24 +67,14 @@ def masked_xent(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.A
 
 
 def make_train_step(model, schedule, seed: int):
-  dropout_key = jax.random.PRNGKey(seed + 2)
+  """The backbone's jitted train step (masked cross-entropy, dropout on)."""
 
-  @functools.partial(jax.jit, donate_argnums=0)
-  def train_step(state, batch):
-    rng = jax.random.fold_in(dropout_key, state.step)
+  def loss_fn(params, batch, rng):
+    out = model.apply({"params": params["sbr"]}, batch, deterministic=False,
+                      rngs={"dropout": rng})
+    return masked_xent(out.logits, batch.targets, batch.graph_mask), {}
 
-    def loss_fn(params):
-      out = model.apply({"params": params["sbr"]}, batch, deterministic=False,
-                        rngs={"dropout": rng})
-      return masked_xent(out.logits, batch.targets, batch.graph_mask)
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    new_state = state.apply_gradients(grads=grads)
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads),
-                       "param_norm": optax.global_norm(state.params),
-                       "learning_rate": schedule(state.step)}
-
-  return train_step
+  return trainer.make_train_step(loss_fn, schedule, jax.random.PRNGKey(seed + 2))
 
 
 def make_evaluator(model, ks):

@@ -15,6 +15,7 @@ checkpoint reaches the same parameters as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -22,10 +23,38 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 import jax
 import numpy as np
+import optax
 from absl import logging
 
 from sbrjax import checkpoints as ckpt_lib
 from sbrjax import writer as writer_lib
+
+
+def make_train_step(loss_fn: Callable, schedule: Callable, dropout_key: jax.Array):
+  """A jitted ``train_step(state, batch) -> (state, metrics)`` for ``run_stage``.
+
+  Args:
+    loss_fn: ``(params, batch, rng) -> (scalar loss, dict of scalar parts)``;
+      ``rng`` is the step's dropout key.
+    schedule: the learning-rate schedule (logged).
+    dropout_key: folded with the global step, so a resumed run draws the same
+      dropout masks as an uninterrupted one.
+
+  The state is donated; metrics are the loss, its parts, the gradient and
+  parameter global norms and the learning rate.
+  """
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state, batch):
+    rng = jax.random.fold_in(dropout_key, state.step)
+    (loss, parts), grads = jax.value_and_grad(
+        lambda params: loss_fn(params, batch, rng), has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads)
+    return new_state, {"loss": loss, **parts, "grad_norm": optax.global_norm(grads),
+                       "param_norm": optax.global_norm(state.params),
+                       "learning_rate": schedule(state.step)}
+
+  return train_step
 
 
 @dataclasses.dataclass(frozen=True)
