@@ -94,13 +94,15 @@ def test_corrupt_cache_chunk_is_reported(tmp_path):
     inference.generate_intent_texts(d, _prompts(2), lambda b: b, chunk_size=4)
 
 
-def _data():
+def _data(distinct: bool = False):
+  """Toy llm4sbr data; ``distinct`` gives every session its own clicks."""
   def split(sessions, first_user):
     seqs, targets, users = [], [], []
     for s, length in enumerate(sessions):
+      shift = (first_user + s) % 10 if distinct else 0
       for k in range(1, length):  # prefixes of the session
-        seqs.append(list(range(k)))
-        targets.append(k)
+        seqs.append([(j + shift) % 10 for j in range(k)])
+        targets.append((k + shift) % 10)
         users.append(first_user + s)
     values = np.concatenate([np.asarray(x, np.int32) for x in seqs])
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in seqs])]).astype(np.int64)
@@ -173,3 +175,56 @@ def test_text_cache_key_depends_on_seed_only_for_random_weights(tmp_path):
   texts = tmp_path / "{split}.jsonl"
   cfg.llm4sbr.intent_texts = str(texts)
   assert inference.llm_cache_desc(cfg, 0) == {"imported": str(texts)}
+
+
+def test_known_prompts_are_copied_not_generated(generator, tmp_path):
+  first = _prompts(5)
+  inference.generate_intent_texts(tmp_path / "a" / "train", first, generator, chunk_size=4)
+  known = inference.known_texts(sorted((tmp_path / "a").glob("*/chunk-*.jsonl")))
+  assert len(known) == 10
+  second = {p: v[2:] + [f"a new session {i} {p}" for i in range(3)]
+            for p, v in first.items()}  # rows 0-2 seen before, rows 3-5 new
+  asked, stats = [], {}
+
+  def counting(batch):
+    asked.extend(batch)
+    return generator(batch)
+
+  got = inference.generate_intent_texts(tmp_path / "b" / "train", second, counting,
+                                        chunk_size=4, known=known, stats=stats)
+  assert sorted(asked) == sorted(second[p][r] for p in second for r in range(3, 6))
+  assert stats == {"generated": 6, "reused": 6}
+  fresh = inference.generate_intent_texts(tmp_path / "c" / "train", second, generator,
+                                          chunk_size=4)
+  assert got == fresh
+  # The reused texts are recorded in the new cache too (with their digests).
+  again = inference.known_texts(sorted((tmp_path / "b").glob("*/chunk-*.jsonl")))
+  assert again == inference.known_texts(sorted((tmp_path / "c").glob("*/chunk-*.jsonl")))
+
+
+def test_restrictions_share_generated_texts(tmp_path):
+  data = _data(distinct=True)
+  config = l4s_config.llm4sbr_config()
+  config.llm4sbr.cache_dir = str(tmp_path / "cache")
+  config.llm.source = "gguf"  # never loaded: generate_fn stands in for it
+  config.text_encoder.max_length = 16
+  asked = []
+
+  def answer(batch):
+    asked.extend(batch)
+    return [f"answer {len(p)}" for p in batch]
+
+  small = inference.restrict_data(data, max_rows_per_session=1)
+  _, s1 = inference.ensure_intent_arrays(config, small, generate_fn=answer)
+  n_small = len(asked)
+  assert n_small == 2 * sum(len(getattr(small, s)) for s in inference.SPLITS)
+  large = inference.restrict_data(data, max_rows_per_session=2)
+  _, s2 = inference.ensure_intent_arrays(config, large, generate_fn=answer)
+  rows_large = sum(len(getattr(large, s)) for s in inference.SPLITS)
+  asked_small, asked_large = set(asked[:n_small]), asked[n_small:]
+  assert asked_large and not asked_small & set(asked_large)  # only unseen prompts
+  generated = sum(s2[f"{s}_generated_texts"] for s in inference.SPLITS)
+  reused = sum(s2[f"{s}_reused_texts"] for s in inference.SPLITS)
+  assert generated == len(asked_large) and generated + reused == 2 * rows_large
+  assert reused >= n_small  # every row of the small restriction is in the large one
+  assert s1["cache"] != s2["cache"]  # two data fingerprints, one text pool

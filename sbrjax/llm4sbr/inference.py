@@ -18,7 +18,10 @@ Flow, each step resumable and cached on disk:
    each chunk is one JSON-lines file moved into place with ``os.replace``,
    so a killed run keeps every finished chunk and a rerun generates only the
    rest (chunks cover fixed key ranges, so batches and outputs are the same
-   as in an uninterrupted run). Texts produced elsewhere can be imported
+   as in an uninterrupted run). Every record carries its prompt's digest, so
+   another restriction or preparation with the same LLM settings copies the
+   texts of prompts already answered instead of generating them again.
+   Texts produced elsewhere can be imported
    instead (``config.llm4sbr.intent_texts``, read with
    ``intents.read_intent_texts``);
 3. arrays: texts and item titles embedded by the text encoder (MiniLM),
@@ -40,7 +43,7 @@ import os
 import pathlib
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +56,8 @@ from sbrjax.llm4sbr import intents as intents_lib
 from sbrjax.llm4sbr import prompts as prompts_lib
 from sbrjax.models import generate as generate_lib
 from sbrjax.models import llama as llama_lib
+
+PathLike = Any  # str | os.PathLike
 
 SPLITS = ("train", "valid", "test")
 CACHE_VERSION = 1
@@ -252,6 +257,33 @@ def _read_chunks(split_dir: pathlib.Path) -> Dict[Tuple[int, str], str]:
   return done
 
 
+def prompt_digest(prompt: str) -> str:
+  """The key under which a prompt's text can be reused by other caches."""
+  return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:24]
+
+
+def known_texts(chunk_files: Iterable[PathLike]) -> Dict[str, str]:
+  """prompt digest -> text from cache chunks that record their prompt's digest.
+
+  Unreadable lines are skipped here (their own cache reports them when it is
+  used); chunks written before digests were recorded contribute nothing.
+  """
+  known: Dict[str, str] = {}
+  for path in chunk_files:
+    try:
+      with open(path, encoding="utf-8") as f:
+        for line in f:
+          try:
+            rec = json.loads(line)
+          except json.JSONDecodeError:
+            continue
+          if isinstance(rec, dict) and "prompt_sha" in rec and "text" in rec:
+            known[str(rec["prompt_sha"])] = str(rec["text"])
+    except OSError:
+      continue
+  return known
+
+
 def _write_atomic(path: pathlib.Path, lines: Sequence[str]) -> None:
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".jsonl")
   with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -263,7 +295,10 @@ def _write_atomic(path: pathlib.Path, lines: Sequence[str]) -> None:
 
 def generate_intent_texts(split_dir, prompts: Mapping[str, Sequence[str]],
                           generate_fn: GenerateFn, chunk_size: int = 256,
-                          progress: bool = False) -> Dict[str, Dict[str, str]]:
+                          progress: bool = False,
+                          known: Optional[Mapping[str, str]] = None,
+                          stats: Optional[Dict[str, int]] = None
+                          ) -> Dict[str, Dict[str, str]]:
   """Generates (or reads from cache) the intent text of every row.
 
   Args:
@@ -274,6 +309,11 @@ def generate_intent_texts(split_dir, prompts: Mapping[str, Sequence[str]],
       ``[c * chunk_size, (c + 1) * chunk_size)`` of the row-major key list
       ``[(row, perspective) for row for perspective]``.
     progress: log one line per chunk.
+    known: prompt digest -> text (``known_texts``) produced by the same LLM
+      settings for other data (another restriction, split or preparation);
+      such prompts are copied instead of generated. Greedy texts depend only
+      on the prompt, up to the numerics of batch padding.
+    stats: filled with ``generated`` and ``reused`` counts.
 
   Returns:
     row (str) -> {perspective: text}, the format of
@@ -287,26 +327,38 @@ def generate_intent_texts(split_dir, prompts: Mapping[str, Sequence[str]],
     raise ValueError("every perspective needs one prompt per row")
   keys = [(r, p) for r in range(rows) for p in names]
   done = _read_chunks(split_dir)
+  known = known or {}
+  counts = {"generated": 0, "reused": 0}
   t0, made = time.perf_counter(), 0
   for start in range(0, len(keys), chunk_size):
     chunk = keys[start:start + chunk_size]
     todo = [k for k in chunk if k not in done]
     if not todo:
       continue
-    texts = generate_fn([prompts[p][r] for r, p in todo])
-    if len(texts) != len(todo):
-      raise ValueError(f"generate_fn returned {len(texts)} texts for {len(todo)} "
-                       "prompts")
-    lines = [json.dumps({"row": r, "perspective": p, "text": t}) + "\n"
-             for (r, p), t in zip(todo, texts)]
+    digests = [prompt_digest(prompts[p][r]) for r, p in todo]
+    fresh = [i for i, d in enumerate(digests) if d not in known]
+    texts = [known.get(d) for d in digests]
+    if fresh:
+      made_now = generate_fn([prompts[todo[i][1]][todo[i][0]] for i in fresh])
+      if len(made_now) != len(fresh):
+        raise ValueError(f"generate_fn returned {len(made_now)} texts for "
+                         f"{len(fresh)} prompts")
+      for i, t in zip(fresh, made_now):
+        texts[i] = t
+    lines = [json.dumps({"row": r, "perspective": p, "prompt_sha": d, "text": t}) + "\n"
+             for (r, p), d, t in zip(todo, digests, texts)]
     end = start + len(chunk)
     _write_atomic(split_dir / f"chunk-{start:09d}-{end:09d}.jsonl", lines)
     done.update(zip(todo, texts))
-    made += len(todo)
+    counts["generated"] += len(fresh)
+    counts["reused"] += len(todo) - len(fresh)
+    made += len(fresh)
     if progress:
       rate = made / max(time.perf_counter() - t0, 1e-9)
       logging.info("intents %s: %d/%d (%.2f prompts/s)", split_dir.name,
                    min(end, len(keys)), len(keys), rate)
+  if stats is not None:
+    stats.update(counts)
   return {str(r): {p: done[(r, p)] for p in names} for r in range(rows)}
 
 
@@ -436,6 +488,7 @@ def ensure_intent_arrays(config, data: PreparedData, *, seed: int = 0,
   encoder = None
   paths: Dict[str, pathlib.Path] = {}
   generator = None
+  known: Optional[Dict[str, str]] = None
   for split in SPLITS:
     sp = getattr(data, split)
     enc_name = config.text_encoder.path or "all-MiniLM-L6-v2"
@@ -468,9 +521,15 @@ def ensure_intent_arrays(config, data: PreparedData, *, seed: int = 0,
       with open(text_dir / "key.json", "w") as f:
         json.dump(tkey, f, indent=2, default=str)
       t0 = time.perf_counter()
-      texts = generate_intent_texts(text_dir / split, prompts, generate,
+      if known is None:  # texts of the same LLM settings for other data
+        known = known_texts(sorted(root.parent.glob(f"*/texts/{texts_id}/*/chunk-*.jsonl")))
+      counts: Dict[str, int] = {}
+      texts = generate_intent_texts(text_dir / split, prompts, generate, known=known,
+                                    stats=counts,
                                     chunk_size=int(m.gen_chunk), progress=True)
       summary[f"{split}_generate_seconds"] = time.perf_counter() - t0
+      summary[f"{split}_generated_texts"] = counts.get("generated", 0)
+      summary[f"{split}_reused_texts"] = counts.get("reused", 0)
       write_texts_jsonl(text_dir / f"{split}.jsonl", texts, names)
     if encoder is None:
       encoder = load_text_encoder(config.text_encoder)
