@@ -368,11 +368,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     mask = labels_lib.trainable_mask(params, tuple(st.trainable))
     state, shardings = parallel.create_train_state(model, params, tx, mesh, rules)
     validate = "behavior" in st.tasks and bool(config.train.early_stop_metric)
-    spec = trainer.StageSpec(
-        name=name, epochs=int(st.epochs), patience=int(config.train.patience),
-        early_stop_metric=config.train.early_stop_metric if validate else "",
-        log_every_steps=int(config.train.log_every_steps),
-        progress_bar=bool(config.train.progress_bar))
+    spec = trainer.StageSpec.from_config(
+        name, config.train, epochs=int(st.epochs),
+        early_stop_metric=config.train.early_stop_metric if validate else "")
     result = trainer.run_stage(
         spec, stage_dir=trainer.stage_dir(workdir, name), state=state,
         signature={**signature, "stage": name, "tasks": list(st.tasks),

@@ -129,12 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   ks = tuple(config.eval.ks)
   evaluate = make_evaluator(model, ks)
   eval_bs = int(config.eval.batch_size)
-  spec = trainer.StageSpec(
-      name=STAGE, epochs=int(config.train.epochs), patience=int(config.train.patience),
-      early_stop_metric=config.train.early_stop_metric,
-      log_every_steps=int(config.train.log_every_steps),
-      checkpoint_every_epochs=int(config.train.checkpoint_every_epochs),
-      progress_bar=bool(config.train.progress_bar))
+  spec = trainer.StageSpec.from_config(STAGE, config.train)
   seed = int(config.seed)
   result = trainer.run_stage(
       spec, stage_dir=trainer.stage_dir(workdir, STAGE), state=state, signature=sig,

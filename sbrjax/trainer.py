@@ -68,6 +68,17 @@ class StageSpec:
   checkpoint_every_epochs: int = 1
   progress_bar: bool = True
 
+  @classmethod
+  def from_config(cls, name: str, train, **overrides) -> "StageSpec":
+    """The spec ``config.train`` describes (``overrides`` win, e.g. epochs)."""
+    fields = dict(name=name, epochs=int(train.epochs), patience=int(train.patience),
+                  early_stop_metric=str(train.early_stop_metric),
+                  log_every_steps=int(train.log_every_steps),
+                  checkpoint_every_epochs=int(train.checkpoint_every_epochs),
+                  progress_bar=bool(train.progress_bar))
+    fields.update(overrides)
+    return cls(**fields)
+
 
 def _progress(total: int, desc: str, enabled: bool):
   if not enabled or jax.process_index() != 0:
