@@ -99,7 +99,7 @@ def bench_training(args):
                               trainable=("sbr", "fusion") if cfg else ("sbr",))
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     step = train_llm4sbr.make_train_step(train_llm4sbr.make_forward(model, cfg), schedule, 0)
-    step_memory = train_llm4sbr.compiled_step_memory(step, state, data[0])
+    step, step_memory = train_llm4sbr.compile_with_memory(step, state, data[0])
     state, _ = step(state, data[0])
     jax.block_until_ready(state)
     n = min(args.steps, len(data) - 1)

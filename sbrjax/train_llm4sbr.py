@@ -30,7 +30,7 @@ import os
 import resource
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import ml_collections
@@ -122,27 +122,38 @@ class PeakMemory:
     return out
 
 
-def compiled_step_memory(train_step, state, batch) -> Dict[str, Any]:
-  """XLA's buffer account of one compiled train step (any backend).
+def compile_with_memory(train_step, state, batch) -> Tuple[Any, Dict[str, Any]]:
+  """Compiles the train step ahead of time: (step, XLA's buffer account).
 
-  ``argument`` (params, optimizer state, batch), ``output``, ``temp``
-  (activations, gradients, workspace) and ``alias`` (donated buffers reused
-  for outputs) bytes from ``Compiled.memory_analysis()``; ``peak_bytes`` =
-  argument + output + temp - alias is the step's live-buffer bound, the same
-  figure on CPU and GPU up to layout. Returns {} where the backend gives no
-  analysis.
+  The account: ``argument`` (params, optimizer state, batch), ``output``,
+  ``temp`` (activations, gradients, workspace) and ``alias`` (donated buffers
+  reused for outputs) bytes from ``Compiled.memory_analysis()``;
+  ``peak_bytes`` = argument + output + temp - alias is the step's live-buffer
+  bound, the same figure on CPU and GPU up to layout; {} where the backend
+  gives no analysis.
+
+  The returned step runs that executable (so the step is not compiled twice)
+  and falls back to the jitted ``train_step`` for arguments of other shapes.
   """
   try:
-    analysis = train_step.lower(state, batch).compile().memory_analysis()
+    compiled = train_step.lower(state, batch).compile()
   except Exception as e:  # pylint: disable=broad-except
-    logging.warning("No compiled memory analysis for the train step: %s", e)
-    return {}
+    logging.warning("No ahead-of-time compile of the train step: %s", e)
+    return train_step, {}
+
+  def step(state, batch):
+    try:
+      return compiled(state, batch)
+    except TypeError:  # other shapes or pytree: raised before anything runs
+      return train_step(state, batch)
+
+  analysis = compiled.memory_analysis()
   if analysis is None:
-    return {}
+    return step, {}
   out = {name: int(getattr(analysis, f"{name}_size_in_bytes"))
          for name in ("argument", "output", "temp", "alias", "generated_code")}
   out["peak_bytes"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
-  return out
+  return step, out
 
 
 # --------------------------------------------------------------------------
@@ -335,14 +346,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return with_intents(graphs_lib.iterate_batches(graphs[split], eval_bs, shuffle=False),
                         arrays[split])
 
-  spec = trainer.StageSpec(
-      name=STAGE, epochs=int(config.train.epochs), patience=int(config.train.patience),
-      early_stop_metric=config.train.early_stop_metric,
-      log_every_steps=int(config.train.log_every_steps),
-      checkpoint_every_epochs=int(config.train.checkpoint_every_epochs),
-      progress_bar=bool(config.train.progress_bar))
-  train_step = make_train_step(forward, schedule, seed)
-  step_memory = compiled_step_memory(train_step, state, first)
+  spec = trainer.StageSpec.from_config(STAGE, config.train)
+  train_step, step_memory = compile_with_memory(make_train_step(forward, schedule, seed),
+                                                state, first)
   with PeakMemory() as mem:
     result = trainer.run_stage(
         spec, stage_dir=trainer.stage_dir(workdir, STAGE), state=state, signature=sig,

@@ -206,3 +206,21 @@ def test_unknown_intent_control_refused():
   cfg.llm4sbr.intent_control = "reversed"
   with pytest.raises(ValueError, match="intent_control='reversed'"):
     train_llm4sbr.train_and_evaluate(cfg, "/nonexistent/never-written")
+
+
+def test_ahead_of_time_step_falls_back_to_jit_for_other_shapes():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  traced = []
+
+  @jax.jit
+  def step(state, batch):
+    traced.append(batch.shape)
+    return state + batch.sum(), {"n": batch.shape[0]}
+
+  fast, memory = train_llm4sbr.compile_with_memory(step, jnp.float32(0), jnp.ones((4, 2)))
+  assert memory["peak_bytes"] > 0 and traced == [(4, 2)]
+  state, m = fast(jnp.float32(1), jnp.ones((4, 2)))
+  assert float(state) == 9.0 and m["n"] == 4 and traced == [(4, 2)]  # no new trace
+  state, m = fast(jnp.float32(1), jnp.ones((3, 2)))  # another shape: the jitted step
+  assert float(state) == 7.0 and m["n"] == 3 and traced == [(4, 2), (3, 2)]
