@@ -57,7 +57,7 @@ from sbrjax.llm4sbr import prompts as prompts_lib
 from sbrjax.models import generate as generate_lib
 from sbrjax.models import llama as llama_lib
 
-PathLike = Any  # str | os.PathLike
+PathLike = intents_lib.PathLike
 
 SPLITS = ("train", "valid", "test")
 CACHE_VERSION = 1
@@ -489,6 +489,22 @@ def ensure_intent_arrays(config, data: PreparedData, *, seed: int = 0,
   paths: Dict[str, pathlib.Path] = {}
   generator = None
   known: Optional[Dict[str, str]] = None
+
+  def generate(prompt_batch):
+    # The LLM loads on the first missing text only (a warm cache needs none).
+    nonlocal generator
+    if generate_fn is not None:
+      return generate_fn(prompt_batch)
+    if generator is None:
+      t0 = time.perf_counter()
+      model, params, tok, _ = load_generator_llm(config.llm, seed)
+      generator = LLMIntentGenerator(
+          model, params, tok, max_new_tokens=int(m.max_new_tokens),
+          batch_size=int(m.gen_batch_size), chat=bool(m.chat),
+          length_bucket=int(m.length_bucket))
+      summary["llm_load_seconds"] = time.perf_counter() - t0
+    return generator(prompt_batch)
+
   for split in SPLITS:
     sp = getattr(data, split)
     enc_name = config.text_encoder.path or "all-MiniLM-L6-v2"
@@ -501,20 +517,6 @@ def ensure_intent_arrays(config, data: PreparedData, *, seed: int = 0,
           m.intent_texts.format(split=split), names,
           expected_sessions=[str(i) for i in range(len(sp))], allow_empty=True)
     else:
-      def generate(prompt_batch):
-        # The LLM loads on the first missing text only (a warm cache needs none).
-        nonlocal generator
-        if generate_fn is not None:
-          return generate_fn(prompt_batch)
-        if generator is None:
-          t0 = time.perf_counter()
-          model, params, tok, _ = load_generator_llm(config.llm, seed)
-          generator = LLMIntentGenerator(
-              model, params, tok, max_new_tokens=int(m.max_new_tokens),
-              batch_size=int(m.gen_batch_size), chat=bool(m.chat),
-              length_bucket=int(m.length_bucket))
-          summary["llm_load_seconds"] = time.perf_counter() - t0
-        return generator(prompt_batch)
       prompts = prompts_lib.build_prompts(
           sp, data.item_texts, data.item_raw_ids, max_items=int(m.prompt_max_items))
       text_dir.mkdir(parents=True, exist_ok=True)
