@@ -5,8 +5,10 @@ At the SmolLM2-135M shape (random weights), batch 4 x length 96, it times:
   * forward + backward with LoRA r=8 on q_proj and v_proj (gradients for the
     adapters only; the PyTorch side gets the same adapters written by hand);
 and prints one JSON object with medians over repeats after warm-up, the
-JAX/PyTorch ratios, the compile time, and the parameter count and bf16 bytes
-of llama2_7b from ``jax.eval_shape`` (nothing allocated).
+JAX/PyTorch ratios, XLA's FLOP count of each JAX function as a fraction of a
+matmul peak timed in the same process, the machine's load before and after,
+the compile time, and the parameter count and bf16 bytes of llama2_7b from
+``jax.eval_shape`` (nothing allocated).
 
   python benchmarks/bench_llama.py [--repeats 5] [--dtype float32]
 """
@@ -14,30 +16,23 @@ of llama2_7b from ``jax.eval_shape`` (nothing allocated).
 import argparse
 import json
 import math
-import os
-import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common
+from sbrjax.models import lora as lora_lib
+from sbrjax.models.llama import Llama, LlamaConfig, param_shapes
 
-from sbrjax.models import lora as lora_lib  # noqa: E402
-from sbrjax.models.llama import Llama, LlamaConfig, param_shapes  # noqa: E402
+_median_time = common.median_time
 
 
-def _median_time(fn, repeats, warmup):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+def _flops(jitted, *args) -> float:
+  cost = jitted.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"])
 
 
 def _ce(logits, ids):
@@ -81,7 +76,8 @@ def bench_jax(cfg, ids, repeats, warmup):
   t_bwd = _median_time(
       lambda: jax.block_until_ready(grad_fn(adapters, params, ids)),
       repeats, warmup)
-  return t_fwd, t_bwd, compile_fwd, compile_grad
+  flops = {"forward": _flops(fwd, base, ids), "lora_fwd_bwd": _flops(grad_fn, adapters, params, ids)}
+  return t_fwd, t_bwd, compile_fwd, compile_grad, flops
 
 
 def bench_torch(cfg, ids, repeats, warmup):
@@ -151,25 +147,28 @@ def main():
   parser.add_argument("--skip-torch", action="store_true")
   args = parser.parse_args()
 
+  machine = common.Machine()
   dtype = jnp.dtype(args.dtype)
   cfg = LlamaConfig.smollm2_135m(dtype=dtype, param_dtype=dtype)
   ids = jnp.asarray(np.random.RandomState(0).randint(
       0, cfg.vocab_size, size=(args.batch, args.length)), jnp.int32)
   tokens = args.batch * args.length
 
-  j_fwd, j_bwd, c_fwd, c_bwd = bench_jax(cfg, ids, args.repeats, args.warmup)
+  j_fwd, j_bwd, c_fwd, c_bwd, flops = bench_jax(cfg, ids, args.repeats, args.warmup)
   result = {
-      "device": str(jax.devices()[0].device_kind),
-      "backend": jax.default_backend(),
       "shape": "smollm2_135m", "batch": args.batch, "length": args.length,
       "dtype": args.dtype, "repeats": args.repeats, "warmup": args.warmup,
       "jax_forward_tokens_per_s": tokens / j_fwd,
       "jax_lora_fwd_bwd_tokens_per_s": tokens / j_bwd,
       "jax_compile_forward_s": c_fwd,
       "jax_compile_lora_fwd_bwd_s": c_bwd,
+      "jax_forward_gflops": flops["forward"] / j_fwd / 1e9,
+      "jax_lora_fwd_bwd_gflops": flops["lora_fwd_bwd"] / j_bwd / 1e9,
+      "jax_forward_fraction_of_matmul_peak": flops["forward"] / j_fwd / 1e9 / machine.peak,
+      "jax_lora_fwd_bwd_fraction_of_matmul_peak":
+          flops["lora_fwd_bwd"] / j_bwd / 1e9 / machine.peak,
   }
   if not args.skip_torch and args.dtype == "float32":
-    import torch
     t_fwd, t_bwd, threads = bench_torch(cfg, ids, args.repeats, args.warmup)
     result.update({
         "torch_threads": threads,
@@ -184,6 +183,7 @@ def main():
   result["llama2_7b_params"] = int(sum(math.prod(x.shape) for x in leaves))
   result["llama2_7b_bf16_bytes"] = int(sum(
       math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in leaves))
+  result.update(machine.report())
   print(json.dumps(result, indent=1))
 
 

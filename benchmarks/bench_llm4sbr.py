@@ -25,15 +25,17 @@ import ml_collections
 import numpy as np
 from flax.training import train_state
 
-from sbrjax import optim
-from sbrjax import train_llm4sbr
+import common
 from sbrjax.data import graphs as graphs_lib
 from sbrjax.data import rawfiles
 from sbrjax.data.types import Split
 from sbrjax.llm4sbr import inference
+from sbrjax.llm4sbr import model as llm4sbr_lib
 from sbrjax.llm4sbr import prompts as prompts_lib
-from sbrjax.models import llm4sbr as llm4sbr_lib
+from sbrjax.llm4sbr import train as train_llm4sbr
 from sbrjax.models import sbr as sbr_lib
+from sbrjax.train import memory as memory_lib
+from sbrjax.train import optim
 
 
 def bench_generation(args):
@@ -98,8 +100,8 @@ def bench_training(args):
     tx = optim.make_optimizer(train, schedule, params,
                               trainable=("sbr", "fusion") if cfg else ("sbr",))
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-    step = train_llm4sbr.make_train_step(train_llm4sbr.make_forward(model, cfg), schedule, 0)
-    step, step_memory = train_llm4sbr.compile_with_memory(step, state, data[0])
+    step = train_llm4sbr.jitted_train_step(train_llm4sbr.make_forward(model, cfg), schedule, 0)
+    step, step_memory = memory_lib.compile_with_memory(step, state, data[0])
     state, _ = step(state, data[0])
     jax.block_until_ready(state)
     n = min(args.steps, len(data) - 1)
@@ -136,11 +138,12 @@ def main():
   p.add_argument("--steps", type=int, default=30)
   p.add_argument("--skip_generation", action="store_true")
   args = p.parse_args()
-  result = {"device": str(jax.devices()[0]), "host": platform.machine(),
-            "args": vars(args)}
+  machine = common.Machine()
+  result = {"host": platform.machine(), "args": vars(args)}
   if not args.skip_generation:
     result["stage1_generation"] = bench_generation(args)
   result["stage2_training"] = bench_training(args)
+  result.update(machine.report())
   print(json.dumps(result, indent=2))
 
 

@@ -4,8 +4,10 @@ Prints JSON: prompts/s of a stage-1 (aux) train step, a stage-2 (major) train
 step and evaluation for configs/llmgr_ml100k.py (real SmolLM2 weights and
 tokenizer, real ml-100k prompts; medians over steps after compilation), and,
 for the LLaMA-2-7B configuration (configs/llmgr_music.py shapes), the
-parameter count, trainable parameters per stage and bytes, from
-``jax.eval_shape`` (nothing allocated).
+parameter count, trainable parameters per stage and bytes, from the memory
+report's ``jax.eval_shape`` of the trainer's own parameter tree (nothing
+allocated). Train-step throughput is also given in GFLOP/s (XLA's count) and
+as a fraction of a matmul peak timed in the same process.
 
   python benchmarks/bench_llmgr.py [--steps 5] [--num_items 900]
 """
@@ -18,21 +20,19 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax.training import train_state
 
+import common
 from sbrjax import config as config_lib
-from sbrjax import labels as labels_lib
-from sbrjax import optim
-from sbrjax import train_llmgr
-from sbrjax import train_sbr
 from sbrjax.data import graphs as graphs_lib
-from sbrjax.data import llmgr_data
 from sbrjax.data import prepared
-from sbrjax.models import llama as llama_lib
-from sbrjax.models import llmgr as llmgr_lib
-from sbrjax.models import lora as lora_lib
+from sbrjax.llmgr import examples as llmgr_data
+from sbrjax.llmgr import memory_report
+from sbrjax.llmgr import train as train_llmgr
 from sbrjax.models import sbr as sbr_lib
+from sbrjax.sbr import train as train_sbr
+from sbrjax.train import labels as labels_lib
+from sbrjax.train import optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,9 +52,7 @@ def default_throughput(steps: int):
   data = prepared.load_prepared(cfg.data)
   sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
   sbr_model = sbr_lib.create_model(sbr_cfg)
-  first = graphs_lib.make_batch(graphs_lib.build_graphs(data.train, cfg.data.max_len),
-                                np.arange(2), 2)
-  sbr_params = train_sbr.init_params(sbr_model, first, 0)
+  sbr_params = train_sbr.init_params(sbr_model, graphs_lib.probe_batch(cfg.data.max_len), 0)
   model, params, tok = train_llmgr.build_model_and_params(cfg, data, sbr_cfg, sbr_params, 0)
   enc, pad = train_llmgr.make_encoder(cfg, data, tok)
   g, bs = cfg.llmgr, int(cfg.train.batch_size)
@@ -79,7 +77,7 @@ def default_throughput(steps: int):
     sched = optim.make_schedule(cfg.train, 10, 100)
     tx = optim.make_optimizer(cfg.train, sched, params, trainable)
     mask = labels_lib.trainable_mask(params, trainable)
-    step = train_llmgr.make_train_step(model, sched, mask, 0)
+    step = train_llmgr.jitted_train_step(model, sched, mask, 0)
     holder = {"state": train_state.TrainState.create(
         apply_fn=model.apply, params=jax.tree_util.tree_map(jnp.copy, params), tx=tx)}
 
@@ -88,7 +86,10 @@ def default_throughput(steps: int):
       return metrics
 
     sec = _median_step_time(run, batches)
+    cost = step.lower(holder["state"], batches[0]).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     out[f"{stage}_train_prompts_per_s"] = bs / sec
+    out[f"{stage}_train_gflops"] = float(cost["flops"]) / sec / 1e9
     out[f"{stage}_prompt_tokens"] = width
     out[f"{stage}_timed_steps"] = len(batches) - 1
 
@@ -109,42 +110,14 @@ def default_throughput(steps: int):
 
 def llama2_7b_sizes(num_items: int):
   cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "llmgr_music.py"))
-  lora_cfg = lora_lib.LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha,
-                                 targets=tuple(cfg.lora.targets))
-  llm_cfg = llama_lib.LlamaConfig.llama2_7b(lora=lora_cfg, dtype=jnp.bfloat16,
-                                            param_dtype=jnp.bfloat16)
-  sbr_cfg = sbr_lib.SBRConfig(backbone=cfg.sbr.backbone, num_items=num_items,
-                              embed_dim=cfg.sbr.embed_dim)
-  model = llmgr_lib.LLMGR(llmgr_lib.LLMGRConfig(sbr=sbr_cfg, llm=llm_cfg, num_items=num_items))
-  b, length, max_len = int(cfg.train.batch_size), max(cfg.llmgr.length_buckets), 50
-  nodes, edges, graphs = graphs_lib.budgets(b, max_len)
-  import jraph
-  sessions = graphs_lib.GraphBatch(
-      graph=jraph.GraphsTuple(nodes=jnp.zeros(nodes, jnp.int32),
-                              edges={"w_in": jnp.zeros(edges), "w_out": jnp.zeros(edges)},
-                              senders=jnp.zeros(edges, jnp.int32),
-                              receivers=jnp.zeros(edges, jnp.int32),
-                              n_node=jnp.zeros(graphs, jnp.int32),
-                              n_edge=jnp.zeros(graphs, jnp.int32), globals=None),
-      positions=jnp.zeros((b, max_len), jnp.int32), lengths=jnp.ones(b, jnp.int32),
-      targets=jnp.zeros(b, jnp.int32), graph_mask=jnp.ones(b, bool),
-      index=jnp.zeros(b, jnp.int32))
-  batch = llmgr_lib.PromptBatch(
-      sessions=sessions, input_ids=jnp.zeros((b, length), jnp.int32),
-      attention_mask=jnp.ones((b, length), jnp.int32), last_pos=jnp.zeros(b, jnp.int32),
-      slot_pos=jnp.zeros((b, 21), jnp.int32), slot_src=jnp.zeros((b, 21), jnp.int32),
-      items=jnp.zeros((b, 11), jnp.int32), targets=jnp.zeros(b, jnp.int32),
-      mask=jnp.ones(b, bool))
-  shapes = jax.eval_shape(lambda: model.init(
-      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, batch))["params"]
+  shapes, _ = memory_report.abstract_llmgr_params(cfg, num_items)
   per_label = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
     label = labels_lib.param_label(path)
     count, nbytes = per_label.get(label, (0, 0))
     per_label[label] = (count + leaf.size, nbytes + leaf.size * leaf.dtype.itemsize)
   total = sum(c for c, _ in per_label.values())
-  out = {"llama2_7b_llmgr_params": total, "num_items": num_items, "batch": b,
-         "prompt_length": length,
+  out = {"llama2_7b_llmgr_params": total, "num_items": num_items,
          "params_by_label": {k: v[0] for k, v in sorted(per_label.items())},
          "param_bytes": sum(v[1] for v in per_label.values())}
   for stage, st in cfg.stages.items():
@@ -163,8 +136,12 @@ def main():
                       help="catalog size for the LLaMA-2-7B sizes (Music 2014 5-core: 900)")
   parser.add_argument("--skip_default", action="store_true")
   args = parser.parse_args()
+  machine = common.Machine()
   out = {} if args.skip_default else default_throughput(args.steps)
+  for key in [k for k in out if k.endswith("_train_gflops")]:
+    out[key.replace("_gflops", "_fraction_of_matmul_peak")] = out[key] / machine.peak
   out.update(llama2_7b_sizes(args.num_items))
+  out.update(machine.report())
   print(json.dumps(out, indent=2))
 
 

@@ -17,8 +17,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
+import common  # noqa: F401  (puts the repository on sys.path)
 from sbrjax.data import builders, prepared, raw  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

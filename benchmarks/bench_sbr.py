@@ -1,6 +1,6 @@
 """Training throughput of the graph SBR backbones on ml-100k (LLMGR protocol).
 
-For each backbone: the jitted train step of ``sbrjax.train_sbr`` (the same
+For each backbone: the jitted train step of ``sbrjax.sbr.train`` (the same
 function the trainer runs: donated state, Adam + L2) is compiled once, then
 
   * ``step_s``: median seconds of a fixed number of steps on batches already
@@ -23,7 +23,6 @@ after, and every time is a median. Prints one JSON object.
 
 import argparse
 import json
-import os
 import statistics
 import time
 
@@ -32,34 +31,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training import train_state
 
+import common
 from sbrjax import config as config_lib
-from sbrjax import optim
-from sbrjax import train_sbr
 from sbrjax.data import graphs as graphs_lib
 from sbrjax.data import prepared
 from sbrjax.models import sbr as sbr_lib
-
-
-def _median_time(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
-def matmul_peak(n=2048, repeats=7):
-  """GFLOP/s of a jitted n x n float32 matmul (median)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul)
-  mm(a, b).block_until_ready()
-  return 2 * n**3 / _median_time(lambda: mm(a, b).block_until_ready(), repeats) / 1e9
+from sbrjax.sbr import train as train_sbr
+from sbrjax.train import optim
 
 
 def bench_backbone(backbone, data, graphs, args):
-  cfg = config_lib.base_config()
+  cfg = config_lib.base_config(locked=False)
   cfg.sbr.backbone = backbone
   cfg.sbr.embed_dim = args.embed
   if backbone == "gcsan":
@@ -78,7 +60,7 @@ def bench_backbone(backbone, data, graphs, args):
   # An int32 array step from the start: TrainState.create's Python int 0
   # would make the second call compile the step again.
   state = state.replace(step=jnp.zeros((), jnp.int32))
-  step = train_sbr.make_train_step(model, schedule, 0)
+  step = train_sbr.jitted_train_step(model, schedule, 0)
 
   t0 = time.perf_counter()
   compiled = step.lower(state, host[0]).compile()
@@ -89,7 +71,7 @@ def bench_backbone(backbone, data, graphs, args):
 
   order = np.random.default_rng(0).permutation(len(graphs))
   cap = graphs_lib.node_cap_for(graphs, bs)
-  host_batch_s = _median_time(
+  host_batch_s = common.median_time(
       lambda: graphs_lib.make_batch(graphs, order[:bs], bs, cap), 5)
 
   # Numpy batches, as the trainer feeds them (on CPU the copy is negligible).
@@ -134,22 +116,20 @@ def main():
   args.batch = args.batch or (256 if args.quick else 1024)
   args.steps = args.steps or (3 if args.quick else 10)
 
-  load_before = os.getloadavg()[0]
+  machine = common.Machine()
   cfg = config_lib.base_config()
   data = prepared.load_prepared(cfg.data)
   graphs = graphs_lib.build_graphs(data.train, int(cfg.data.max_len))
-  peak = matmul_peak()
+  peak = machine.peak
   result = {"dataset": data.name, "protocol": data.protocol,
             "train_examples": len(graphs), "num_items": data.num_items,
             "max_len": graphs.max_len, "mean_nodes": float(graphs.n_node.mean()),
-            "jax": jax.__version__, "device": str(jax.devices()[0]),
-            "cpu_count": os.cpu_count(), "matmul_peak_gflops": peak, "models": {}}
+            "models": {}}
   for name in args.models.split(","):
     r = bench_backbone(name, data, graphs, args)
     r["fraction_of_matmul_peak"] = r["gflops"] / peak
     result["models"][name] = r
-  result["matmul_peak_gflops_after"] = matmul_peak()
-  result["loadavg_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
+  result.update(machine.report())
   print(json.dumps(result, indent=2))
 
 

@@ -15,7 +15,7 @@ Reductions from the paper's setting, all for CPU time, each a config key:
   * Backbone width 64.
 """
 
-from sbrjax.config import llmgr_config
+from sbrjax.llmgr.config import llmgr_config
 
 
 def get_config():

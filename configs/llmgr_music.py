@@ -9,7 +9,7 @@ Paper settings: AdamW, weight decay 1e-2, cosine schedule, batch 16, stage 1
 Meant for GPUs: bf16 compute, frozen base weights stored in bf16.
 """
 
-from sbrjax.config import llmgr_config
+from sbrjax.llmgr.config import llmgr_config
 
 
 def get_config():

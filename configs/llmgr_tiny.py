@@ -3,7 +3,7 @@
 Point ``data.manual_dir`` at raw ml-100k-format files (tests write small ones).
 """
 
-from sbrjax.config import llmgr_config
+from sbrjax.llmgr.config import llmgr_config
 
 
 def get_config():

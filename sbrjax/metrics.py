@@ -20,7 +20,7 @@ Two candidate sets:
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,80 +68,42 @@ def sampled_ranks(scores: jax.Array, targets: jax.Array,
   return target_ranks(cand_scores, jnp.zeros_like(targets))
 
 
-def metrics_from_ranks(ranks: jax.Array,
-                       ks: Sequence[int] = DEFAULT_KS) -> Dict[str, jax.Array]:
-  """Per-example HR@K, NDCG@K and MRR@K.
-
-  Args:
-    ranks: int [B] 1-based ranks.
-    ks: cut-offs.
-
-  Returns:
-    dict name -> float32 [B].
-  """
-  ranks = jnp.asarray(ranks)
-  r = ranks.astype(jnp.float32)
+def metrics_from_ranks(ranks, ks: Sequence[int] = DEFAULT_KS) -> Dict[str, np.ndarray]:
+  """Per-example HR@K, NDCG@K and MRR@K (float64) from 1-based ranks [N]."""
+  r = np.asarray(ranks, np.float64)
   out = {}
   for k in ks:
-    hit = ranks <= k
-    out[f"HR@{k}"] = hit.astype(jnp.float32)
-    out[f"NDCG@{k}"] = jnp.where(hit, 1.0 / jnp.log2(r + 1.0), 0.0)
-    out[f"MRR@{k}"] = jnp.where(hit, 1.0 / r, 0.0)
+    hit = r <= k
+    out[f"HR@{k}"] = hit.astype(np.float64)
+    out[f"NDCG@{k}"] = np.where(hit, 1.0 / np.log2(r + 1.0), 0.0)
+    out[f"MRR@{k}"] = np.where(hit, 1.0 / r, 0.0)
   return out
 
 
-def batch_metric_sums(scores: jax.Array, targets: jax.Array,
-                      mask: Optional[jax.Array] = None,
-                      negatives: Optional[jax.Array] = None,
-                      ks: Sequence[int] = DEFAULT_KS) -> Dict[str, jax.Array]:
-  """Sums of every metric over the real examples of a batch (jit-friendly).
+def summarize(ranks: Mapping[str, np.ndarray], ks: Sequence[int] = DEFAULT_KS,
+              aliases: bool = False) -> Dict[str, float]:
+  """Means over examples of every metric, per candidate mode.
 
-  Keys are ``"{mode}/{metric}@{k}"`` for mode ``full`` and, when
-  ``negatives`` is given, ``sampled``; ``"count"`` holds the number of real
-  examples so sums from several batches can be merged and divided once.
+  Args:
+    ranks: mode ("full", "sampled") -> int ranks [N] of the same N examples.
+    ks: cut-offs.
+    aliases: also report P@K (= HR@K), LLM4SBR's name.
+
+  Returns:
+    ``{"{mode}/{metric}@{k}": mean, ..., "count": N}``, keys sorted.
   """
-  ranks = {"full": target_ranks(scores, targets)}
-  if negatives is not None:
-    ranks["sampled"] = sampled_ranks(scores, targets, negatives)
-  return rank_metric_sums(ranks, targets.shape, mask, ks)
-
-
-def rank_metric_sums(ranks: Mapping[str, jax.Array], shape, mask: Optional[jax.Array] = None,
-                     ks: Sequence[int] = DEFAULT_KS) -> Dict[str, jax.Array]:
-  """``batch_metric_sums`` from ranks already computed per mode (e.g. sharded)."""
-  if mask is None:
-    mask = jnp.ones(shape, jnp.bool_)
-  maskf = mask.astype(jnp.float32)
-  sums = {"count": jnp.sum(maskf)}
+  counts = {len(r) for r in ranks.values()}
+  if len(counts) != 1 or 0 in counts:
+    raise ValueError(f"No examples were evaluated, or modes disagree on their number "
+                     f"({ {m: len(r) for m, r in ranks.items()} }).")
+  out: Dict[str, float] = {}
   for mode, r in ranks.items():
-    for name, value in metrics_from_ranks(r, ks).items():
-      sums[f"{mode}/{name}"] = jnp.sum(value * maskf)
-  return sums
-
-
-class MetricAccumulator:
-  """Adds per-batch metric sums on the host and returns means."""
-
-  def __init__(self):
-    self._sums: Dict[str, float] = {}
-
-  def add(self, sums: Mapping[str, jax.Array]) -> None:
-    for key, value in jax.device_get(dict(sums)).items():
-      self._sums[key] = self._sums.get(key, 0.0) + float(value)
-
-  def result(self, aliases: bool = False) -> Dict[str, float]:
-    """Means over all examples seen; ``aliases`` adds P@K (= HR@K)."""
-    count = self._sums.get("count", 0.0)
-    if count == 0:
-      raise ValueError("No examples were evaluated (empty split or all masked).")
-    out = {k: v / count for k, v in self._sums.items() if k != "count"}
-    if aliases:
-      for key in list(out):
-        mode, name = key.split("/")
-        if name.startswith("HR@"):
-          out[f"{mode}/P@{name[3:]}"] = out[key]
-    out["count"] = count
-    return dict(sorted(out.items()))
+    for name, values in metrics_from_ranks(r, ks).items():
+      out[f"{mode}/{name}"] = float(values.mean())
+      if aliases and name.startswith("HR@"):
+        out[f"{mode}/P@{name[3:]}"] = out[f"{mode}/{name}"]
+  out["count"] = float(counts.pop())
+  return dict(sorted(out.items()))
 
 
 def numpy_reference_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:

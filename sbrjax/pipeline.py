@@ -11,7 +11,7 @@ import ml_collections
 from absl import logging
 
 from sbrjax import config as config_lib
-from sbrjax import writer as writer_lib
+from sbrjax.train import writer as writer_lib
 
 
 def default_workdir(config_path: str, config: ml_collections.ConfigDict) -> str:
@@ -34,14 +34,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     return run_data_job(config, workdir)
   print_statistics(config)
   if config.job == "sbr":
-    from sbrjax import train_sbr  # pylint: disable=g-import-not-at-top
-    summary = train_sbr.train_and_evaluate(config, workdir)
+    from sbrjax.sbr import train as sbr_train  # pylint: disable=g-import-not-at-top
+    summary = sbr_train.train_and_evaluate(config, workdir)
   elif config.job == "llmgr":
-    from sbrjax import train_llmgr  # pylint: disable=g-import-not-at-top
-    summary = train_llmgr.train_and_evaluate(config, workdir)
+    from sbrjax.llmgr import train as llmgr_train  # pylint: disable=g-import-not-at-top
+    summary = llmgr_train.train_and_evaluate(config, workdir)
   elif config.job == "llm4sbr":
-    from sbrjax import train_llm4sbr  # pylint: disable=g-import-not-at-top
-    summary = train_llm4sbr.train_and_evaluate(config, workdir)
+    from sbrjax.llm4sbr import train as llm4sbr_train  # pylint: disable=g-import-not-at-top
+    summary = llm4sbr_train.train_and_evaluate(config, workdir)
   else:
     raise AssertionError(config.job)
   print(format_results(summary, config), flush=True)

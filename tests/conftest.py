@@ -20,7 +20,7 @@ def tiny_raw_dir(tmp_path_factory):
 @pytest.fixture()
 def tiny_config(tiny_raw_dir, tmp_path):
   """The tiny SBR config (configs/sbr_tiny.py) reading the tiny raw files."""
-  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "sbr_tiny.py")
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sbr_tiny.py")
   cfg = config_lib.load_config_file(path)
   cfg.data.manual_dir = tiny_raw_dir
   cfg.data.data_dir = str(tmp_path / "data")

@@ -54,38 +54,18 @@ def test_k_boundaries():
     np.testing.assert_allclose(np.asarray(got[key]), ref[key], rtol=1e-6, err_msg=key)
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_batch_sums_equal_reference_means(jit):
-  rng = np.random.default_rng(1)
-  num_items, batch = 50, 40
-  scores = rng.normal(size=(batch, num_items)).astype(np.float32)
-  scores[:, :10] = np.round(scores[:, :10])  # some ties
-  targets = rng.integers(0, num_items, size=batch)
-  negatives = np.stack([
-      rng.choice(np.setdiff1d(np.arange(num_items), [t]), 9, replace=False)
-      for t in targets])
-  mask = np.ones(batch, bool)
-  mask[-5:] = False
-  fn = jax.jit(metrics.batch_metric_sums, static_argnames="ks") if jit else metrics.batch_metric_sums
-  acc = metrics.MetricAccumulator()
-  # Two halves accumulate to the same means as the whole.
-  for sl in (slice(0, 17), slice(17, batch)):
-    acc.add(fn(scores[sl], targets[sl], mask[sl], negatives[sl], ks=(1, 5, 10)))
-  result = acc.result(aliases=True)
-
-  real = mask
-  full_ranks = metrics.numpy_reference_ranks(scores[real], targets[real])
-  cand = np.concatenate([targets[:, None], negatives], 1)[real]
-  samp_scores = np.take_along_axis(scores[real], cand, 1)
-  samp_ranks = metrics.numpy_reference_ranks(samp_scores, np.zeros(real.sum(), int))
-  for mode, ranks in (("full", full_ranks), ("sampled", samp_ranks)):
-    ref = _reference_metrics(ranks, (1, 5, 10))
-    for name, values in ref.items():
-      assert result[f"{mode}/{name}"] == pytest.approx(values.mean(), abs=1e-6), (mode, name)
-    assert result[f"{mode}/P@5"] == result[f"{mode}/HR@5"]
-  assert result["count"] == real.sum()
+def test_summarize_means_every_metric_per_mode():
+  ranks = {"full": np.array([1, 3, 30]), "sampled": np.array([1, 2, 5])}
+  got = metrics.summarize(ranks, ks=(5, 10), aliases=True)
+  for mode, r in ranks.items():
+    for name, values in _reference_metrics(r, (5, 10)).items():
+      assert got[f"{mode}/{name}"] == pytest.approx(values.mean(), abs=1e-12)
+    assert got[f"{mode}/P@5"] == got[f"{mode}/HR@5"]
+  assert got["count"] == 3
 
 
-def test_empty_accumulator_raises():
+def test_summarize_refuses_empty_or_mismatched_modes():
   with pytest.raises(ValueError, match="No examples"):
-    metrics.MetricAccumulator().result()
+    metrics.summarize({"full": np.zeros(0, int)})
+  with pytest.raises(ValueError, match="disagree"):
+    metrics.summarize({"full": np.ones(2, int), "sampled": np.ones(3, int)})

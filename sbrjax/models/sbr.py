@@ -231,10 +231,12 @@ class SRGNN(nn.Module):
   """SR-GNN (Wu et al., AAAI 2019)."""
 
   cfg: SBRConfig
+  # TAGNN's reference code normalises the readout's alpha with a softmax.
+  softmax_readout = False
 
   def setup(self):
     self.encoder = _GraphEncoder(self.cfg)
-    self.readout = SoftAttentionReadout(self.cfg.embed_dim,
+    self.readout = SoftAttentionReadout(self.cfg.embed_dim, softmax=self.softmax_readout,
                                         dtype=self.cfg.dtype)
 
   def session_representations(self, batch, *,
@@ -347,30 +349,21 @@ def target_aware_scores(table: jax.Array, seq_t: jax.Array, seq: jax.Array,
   return jnp.sum(beta * dots, axis=-1)
 
 
-class TAGNN(nn.Module):
+class TAGNN(SRGNN):
   """TAGNN (Yu et al., SIGIR 2020): target-aware attention per candidate.
 
-  ``logits_i = (s_h + s_t,i) . v_i`` with ``s_h = W3 [s_l; s_g]`` from the
-  readout with softmax-normalised alpha (reference code). Unlike the
-  reference, padded clicks are excluded from both softmaxes.
+  ``logits_i = (s_h + s_t,i) . v_i`` with ``s_h = W3 [s_l; s_g]`` from
+  SR-GNN's session representations, the readout's alpha softmax-normalised
+  (reference code). Unlike the reference, padded clicks are excluded from
+  both softmaxes.
   """
 
-  cfg: SBRConfig
+  softmax_readout = True
 
   def setup(self):
-    cfg = self.cfg
-    self.encoder = _GraphEncoder(cfg)
-    self.readout = SoftAttentionReadout(cfg.embed_dim, softmax=True,
-                                        dtype=cfg.dtype)
-    self.target = _dense(cfg.embed_dim, cfg.embed_dim, cfg.dtype,
+    super().setup()
+    self.target = _dense(self.cfg.embed_dim, self.cfg.embed_dim, self.cfg.dtype,
                          use_bias=False)  # W_t
-
-  def session_representations(self, batch, *,
-                              deterministic: bool = True) -> SBROutput:
-    table, nodes, seq, mask = self.encoder(batch, deterministic=deterministic)
-    s_l = last_click(seq, batch.lengths)
-    s_g, s_h = self.readout(seq, s_l, mask)
-    return SBROutput(table, nodes, seq, s_l, s_g, s_h)
 
   def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
     out = self.session_representations(batch, deterministic=deterministic)

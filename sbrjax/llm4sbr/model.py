@@ -1,0 +1,203 @@
+"""LLM4SBR representation enhancement (Qiao et al.) around a graph SBR backbone.
+
+Per batch the model reads the backbone's two session views, ``local`` (s_l,
+the last click) and ``global_`` (s_g), and the batch rows' intent
+embeddings ``intents`` [B, P, d_text] (one column per perspective, already
+localized onto the catalog in stage 1):
+
+  * ``W1_p`` projects each perspective's intent to the SBR width:
+    ``e_p = W1_p x_p`` [B, D] (``fusion/w1_<perspective>``);
+  * alignment + uniformity (DirectAU, Wang et al. 2022) pull the text view
+    towards the ID view per perspective: long-term intent <-> global rep,
+    short-term intent <-> local rep (``PAIRED_VIEW``);
+  * fusion ``W2`` over ``[s_l; s_g; e_long; e_short]`` gives the final session
+    rep (``fusion/w2``), scored against the backbone's item table.
+
+Loss: ``L = L_rec + tau * sum_p (L_align,p + L_uniform,p)`` with
+``L_align = mean_b ||n(e_b) - n(s_b)||^2`` over real rows (n = L2
+normalisation) and ``L_uniform = (U(n(e)) + U(n(s))) / 2``,
+``U(z) = log mean_{b != b'} exp(-t ||z_b - z_b'||^2)`` over pairs of real
+rows (DirectAU's ``pdist`` form: each unordered pair once, no self-pairs).
+
+Parameter tree: ``{"sbr": backbone, "fusion": {w1_<p>, w2}}`` so backbone
+checkpoints load unchanged and ``sbrjax.train.labels`` tells the parts apart.
+Ablations: ``perspectives`` names the columns used (drop one for "w/o long"
+or "w/o short"; both dropped fuses ``[s_l; s_g]`` only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sbrjax.models import sbr as sbr_lib
+from sbrjax.models.gnn import uniform_init
+from sbrjax.train import losses
+
+PAIRED_VIEW = {"long_term": "global_", "short_term": "local"}
+SUPPORTED_BACKBONES = ("srgnn", "gcsan", "niser")
+
+
+@dataclasses.dataclass(frozen=True)
+class LLM4SBRConfig:
+  """Configuration of the fused model.
+
+  Attributes:
+    sbr: the backbone.
+    text_dim: width of the intent embeddings (384 for MiniLM).
+    perspectives: intent columns used, in the order of ``intents``' axis 1;
+      each must be a key of ``PAIRED_VIEW``.
+    tau: weight of the alignment + uniformity terms.
+    uniformity_t: temperature t of the uniformity loss.
+  """
+
+  sbr: sbr_lib.SBRConfig
+  text_dim: int
+  perspectives: Tuple[str, ...] = ("long_term", "short_term")
+  tau: float = 0.1
+  uniformity_t: float = 2.0
+
+  def __post_init__(self):
+    if self.sbr.backbone not in SUPPORTED_BACKBONES:
+      raise ValueError(
+          f"LLM4SBR fuses a session rep scored as final . item; backbone "
+          f"{self.sbr.backbone!r} is not supported (TAGNN's target-aware "
+          f"scores are not); choose one of {', '.join(SUPPORTED_BACKBONES)}.")
+    unknown = [p for p in self.perspectives if p not in PAIRED_VIEW]
+    if unknown or len(set(self.perspectives)) != len(self.perspectives):
+      raise ValueError(f"perspectives {self.perspectives} must be distinct keys of "
+                       f"{sorted(PAIRED_VIEW)}")
+    if self.text_dim < 1:
+      raise ValueError(f"text_dim must be >= 1, got {self.text_dim}")
+
+
+@flax.struct.dataclass
+class LLM4SBROutput:
+  """What the fused model computes for one batch.
+
+  Attributes:
+    logits: [B, I] float32 scores.
+    final: [B, D] fused session rep.
+    local: [B, D] backbone s_l.
+    global_: [B, D] backbone s_g.
+    intent_reps: [B, P, D] projected intents (W1 x), P = len(perspectives).
+    backbone_final: [B, D] the backbone's own session rep (for reference).
+  """
+
+  logits: jax.Array
+  final: jax.Array
+  local: jax.Array
+  global_: jax.Array
+  intent_reps: jax.Array
+  backbone_final: jax.Array
+
+
+class Fusion(nn.Module):
+  """W1 per perspective and W2 over [s_l; s_g; e_1; ...; e_P]."""
+
+  dim: int
+  text_dim: int
+  perspectives: Tuple[str, ...]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, local, global_, intents):
+    reps = []
+    for k, name in enumerate(self.perspectives):
+      init = uniform_init(1.0 / self.text_dim**0.5)
+      reps.append(nn.Dense(self.dim, dtype=self.dtype, kernel_init=init, bias_init=init,
+                           name=f"w1_{name}")(intents[:, k]))  # [B, D]
+    parts = [local, global_] + reps
+    width = self.dim * len(parts)
+    init = uniform_init(1.0 / width**0.5)
+    final = nn.Dense(self.dim, dtype=self.dtype, kernel_init=init, bias_init=init,
+                     name="w2")(jnp.concatenate(parts, axis=-1))  # [B, D]
+    intent_reps = (jnp.stack(reps, axis=1) if reps else
+                   jnp.zeros(local.shape[:1] + (0, self.dim), local.dtype))
+    return final, intent_reps
+
+
+class LLM4SBR(nn.Module):
+  """SBR backbone (``sbr``) + intent fusion (``fusion``)."""
+
+  cfg: LLM4SBRConfig
+
+  def setup(self):
+    self.sbr = sbr_lib.create_model(self.cfg.sbr)
+    self.fusion = Fusion(self.cfg.sbr.embed_dim, self.cfg.text_dim,
+                         tuple(self.cfg.perspectives), dtype=self.cfg.sbr.dtype)
+
+  def __call__(self, batch, intents: jax.Array, *,
+               deterministic: bool = True) -> LLM4SBROutput:
+    """Scores a ``GraphBatch`` with its rows' intents [B, P, d_text]."""
+    p = len(self.cfg.perspectives)
+    if intents.ndim != 3 or intents.shape[1:] != (p, self.cfg.text_dim):
+      raise ValueError(f"intents must be [B, {p}, {self.cfg.text_dim}] (perspectives "
+                       f"{self.cfg.perspectives}), got {intents.shape}")
+    out = self.sbr.session_representations(batch, deterministic=deterministic)
+    x = intents.astype(self.cfg.sbr.dtype)
+    final, reps = self.fusion(out.local, out.global_, x)
+    table = out.item_embeddings
+    if self.cfg.sbr.backbone == "niser":  # NISER+ scores scaled cosines
+      final = sbr_lib.l2_normalize(final)
+      logits = self.cfg.sbr.niser_scale * jnp.einsum("bd,id->bi", final, table)
+    else:
+      logits = jnp.einsum("bd,id->bi", final, table)
+    return LLM4SBROutput(logits.astype(jnp.float32), final, out.local, out.global_,
+                         reps, out.final)
+
+
+# --------------------------------------------------------------------------
+# Losses.
+
+
+def _unit(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||, eps) with a finite gradient at x = 0 (padding rows)."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def alignment_loss(x: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
+  """mean over real rows of ||n(x) - n(y)||^2; x, y [B, D], mask [B]."""
+  d = jnp.sum(jnp.square(_unit(x) - _unit(y)), axis=-1)
+  m = mask.astype(jnp.float32)
+  return jnp.sum(d * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def uniformity_loss(x: jax.Array, mask: jax.Array, t: float = 2.0) -> jax.Array:
+  """log mean_{pairs b<b' of real rows} exp(-t ||n(x_b) - n(x_b')||^2).
+
+  Zero when fewer than two rows are real (no pair exists).
+  """
+  z = _unit(x)  # [B, D]
+  sq = jnp.sum(z * z, axis=-1)
+  d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)  # [B, B]
+  b = x.shape[0]
+  pair = (mask[:, None] & mask[None, :]) & (jnp.arange(b)[:, None] < jnp.arange(b)[None, :])
+  n_pairs = jnp.sum(pair)
+  fill = jnp.finfo(jnp.float32).min
+  lse = jax.nn.logsumexp(jnp.where(pair, -t * d2, fill))
+  return jnp.where(n_pairs > 0, lse - jnp.log(jnp.maximum(n_pairs, 1).astype(jnp.float32)),
+                   0.0)
+
+
+def llm4sbr_loss(cfg: LLM4SBRConfig, out: LLM4SBROutput, targets: jax.Array,
+                 mask: jax.Array) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """``L_rec + tau * sum_p (L_align + L_uniform)`` and its parts."""
+  parts = {"rec_loss": losses.masked_xent(out.logits, targets, mask)}
+  aux = jnp.zeros((), jnp.float32)
+  for k, name in enumerate(cfg.perspectives):
+    e = out.intent_reps[:, k]
+    s = getattr(out, PAIRED_VIEW[name])
+    align = alignment_loss(e, s, mask)
+    unif = 0.5 * (uniformity_loss(e, mask, cfg.uniformity_t) +
+                  uniformity_loss(s, mask, cfg.uniformity_t))
+    parts[f"align_{name}"], parts[f"uniform_{name}"] = align, unif
+    aux = aux + align + unif
+  loss = parts["rec_loss"] + cfg.tau * aux
+  return loss, parts

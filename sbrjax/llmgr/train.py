@@ -1,0 +1,329 @@
+"""LLMGR end to end: SBR pre-training, LLM import, the configured stages, test metrics.
+
+Flow of ``train_and_evaluate(config, workdir)``:
+  1. prepare the data (``sbrjax.data.prepared``);
+  2. the SBR backbone: restore ``config.llmgr.sbr_checkpoint`` or train one in
+     ``workdir/sbr_pretrain`` (resumable; a finished run is reused);
+  3. the LLM (``sbrjax.llm.load_llm``: GGUF / HF checkpoint or a random
+     preset for tests, optionally only the first ``llm.num_layers`` blocks)
+     and the LLMGR tree with fresh LoRA adapters, f_in and f_out
+     (``sbrjax.llmgr.model.assemble_params``);
+  4. each stage of ``config.stage_order``: its prompt tasks, its trainable
+     labels (``optax.multi_transform``; frozen leaves get ``set_to_zero`` and
+     no optimiser state), a new train state placed on ``config.mesh``
+     (``sbrjax.llmgr.rules``), the shared train step
+     (``sbrjax.train.steps``) and loop (``sbrjax.train.loop.run_stage``:
+     Orbax checkpoints in ``workdir/<stage>``, TensorBoard);
+  5. test metrics (sampled and full ranking) of the final parameters and of the
+     SBR backbone alone, written to ``workdir/results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sbrjax import llm as llm_api
+from sbrjax import metrics as metrics_lib
+from sbrjax.data import graphs as graphs_lib
+from sbrjax.data import prepared as prepared_lib
+from sbrjax.llmgr import examples as examples_lib
+from sbrjax.llmgr import model as model_lib
+from sbrjax.llmgr import prompts as prompts_lib
+from sbrjax.llmgr import rules as llmgr_rules
+from sbrjax.models import lora as lora_lib
+from sbrjax.parallel import catalog_softmax
+from sbrjax.parallel import mesh as mesh_lib
+from sbrjax.parallel import state as state_lib
+from sbrjax.sbr import train as sbr_train
+from sbrjax.train import evaluate as evaluate_lib
+from sbrjax.train import labels as labels_lib
+from sbrjax.train import loop
+from sbrjax.train import losses
+from sbrjax.train import optim
+from sbrjax.train import steps
+from sbrjax.train import writer as writer_lib
+
+
+# ---------------------------------------------------------------------------
+# Steps.
+
+
+def catalog_sharded(mesh) -> bool:
+  """Whether the item head splits the catalog across devices (mesh of > 1 device)."""
+  return mesh is not None and mesh.size > 1
+
+
+def make_loss(model, mesh=None):
+  """``loss(params, batch, rng) -> (loss, {})``: mean cross-entropy over real examples.
+
+  On a mesh of several devices the softmax over items runs in
+  ``sbrjax.parallel.catalog_softmax`` (``shard_map``: per-device partial
+  logits and a distributed log-sum-exp) on f_out's output rows, so catalogs
+  of millions of items never materialise whole logits on one device;
+  otherwise the dense logits of f_out.
+  """
+  def loss(params, batch, rng):
+    kwargs = dict(deterministic=False, rngs={"dropout": rng})
+    if not catalog_sharded(mesh):
+      logits = model.apply({"params": params}, batch, **kwargs)
+      return losses.masked_xent(logits, batch.targets, batch.mask), {}
+    feats = model.apply({"params": params}, batch, features_only=True, **kwargs)
+    ce = catalog_softmax.sharded_softmax_xent(
+        model_lib.with_bias_column(feats), model_lib.head_table(params["f_out"]),
+        batch.targets, mesh, axis=tuple(mesh.axis_names))
+    return losses.masked_mean(ce, batch.mask), {}
+  return loss
+
+
+def jitted_train_step(model, schedule, trainable_mask, seed: int, mesh=None,
+                    state_shardings=None, rules=llmgr_rules.LLMGR_LOGICAL_AXIS_RULES):
+  """The shared train step (``sbrjax.train.steps``) with LLMGR's loss.
+
+  Jitted on one device without ``mesh``; with it, with the state's
+  shardings and ``PromptBatch`` rows over the batch axes.
+  """
+  step = steps.make_train_step(make_loss(model, mesh), schedule,
+                               jax.random.PRNGKey(seed + 7), trainable_mask=trainable_mask)
+  if mesh is None:
+    return steps.jit_train_step(step)
+  return steps.jit_train_step(
+      step, mesh=mesh, state_shardings=state_shardings,
+      batch_shardings=lambda b: llmgr_rules.batch_shardings(b, mesh, rules),
+      place_batch=lambda b: llmgr_rules.place_batch(b, mesh, rules))
+
+
+def make_evaluator(model, ks, mesh=None, rules=llmgr_rules.LLMGR_LOGICAL_AXIS_RULES):
+  """``evaluate(params, batcher, aliases=False, return_examples=False)``.
+
+  On a mesh, batches are split over its batch axes, full-ranking target ranks
+  come from the catalog-sharded ``catalog_softmax.sharded_target_rank`` and
+  the sampled candidates' scores from their own f_out rows; per-example
+  ranks come back replicated to every process.
+  """
+  def extras(batch):
+    return {"index": batch.sessions.index, "target": batch.targets}
+
+  def dense_ranks(params, batch):
+    logits = model.apply({"params": params}, batch, deterministic=True)
+    return {**evaluate_lib.ranks_from_scores(logits, batch.targets, batch.mask,
+                                             batch.negatives), **extras(batch)}
+
+  def sharded_ranks(params, batch):
+    h = model_lib.with_bias_column(
+        model.apply({"params": params}, batch, deterministic=True, features_only=True))
+    table = model_lib.head_table(params["f_out"])  # [M, H + 1]
+    out = {"mask": batch.mask,
+           "rank/full": catalog_softmax.sharded_target_rank(
+               h, table, batch.targets, mesh, axis=tuple(mesh.axis_names)),
+           **extras(batch)}
+    if batch.negatives is not None:
+      cands = jnp.concatenate([batch.targets[:, None], batch.negatives], axis=1)  # [B, K+1]
+      scores = jnp.einsum("bd,bkd->bk", h, table[cands])
+      out["rank/sampled"] = metrics_lib.target_ranks(scores, jnp.zeros_like(batch.targets))
+    return out
+
+  if mesh is None:
+    inner = evaluate_lib.make_evaluator(dense_ranks, ks)
+  else:
+    inner = evaluate_lib.make_evaluator(
+        sharded_ranks if catalog_sharded(mesh) else dense_ranks, ks,
+        place=lambda b: llmgr_rules.place_batch(b, mesh, rules),
+        out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+  def evaluate(params, batcher, aliases=False, return_examples=False):
+    return inner(params, batcher.iterate(shuffle=False), aliases, return_examples)
+
+  return evaluate
+
+
+# ---------------------------------------------------------------------------
+# The pipeline.
+
+
+def pretrained_sbr(config, data, workdir):
+  """Backbone parameters ({"sbr": ...}) and the backbone-alone results."""
+  if config.llmgr.sbr_checkpoint:
+    source = config.llmgr.sbr_checkpoint
+  elif jax.process_count() > 1:
+    raise ValueError(
+        "Multi-process LLMGR runs need a trained backbone: train it once in a single "
+        "process (python -m sbrjax.main --config=... --config.job=sbr --workdir=RUN) and "
+        "pass --config.llmgr.sbr_checkpoint=RUN.")
+  else:
+    source = os.path.join(workdir, "sbr_pretrain")
+    sbr_cfg = ml_collections.ConfigDict(config.to_dict())
+    sbr_cfg.job = "sbr"
+    sbr_cfg.train = config.sbr_train
+    sbr_cfg.restore_from = ""
+    sbr_train.train_and_evaluate(sbr_cfg, source)
+  cfg = sbr_train.sbr_config(config, data.num_items)
+  model = sbr_train.sbr_lib.create_model(cfg)
+  first = graphs_lib.probe_batch(int(config.data.max_len))
+  # Restore onto this process's own device; the LLMGR state is placed on the
+  # mesh afterwards (the checkpoint's recorded device may belong to another process).
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
+      jax.eval_shape(lambda: sbr_train.init_params(model, first, 0)))
+  params = sbr_train.restore_backbone(source, abstract,
+                                      sbr_train.signature(cfg, data.fingerprint))
+  results_path = os.path.join(source, "results.json")
+  alone = json.load(open(results_path)) if os.path.exists(results_path) else None
+  return cfg, params, alone
+
+
+def lora_config(config) -> lora_lib.LoraConfig:
+  return lora_lib.LoraConfig(rank=int(config.lora.rank), alpha=float(config.lora.alpha),
+                             dropout=float(config.lora.dropout),
+                             targets=tuple(config.lora.targets))
+
+
+def model_config(config, sbr_cfg, llm_cfg, num_items: int) -> model_lib.LLMGRConfig:
+  """The frozen LLMGR config: the LLM's shape with this run's LoRA and dtypes."""
+  return model_lib.LLMGRConfig(sbr=sbr_cfg, llm=llm_cfg.replace(lora=lora_config(config)),
+                               num_items=num_items,
+                               head_hidden=int(config.llmgr.head_hidden))
+
+
+def build_model_and_params(config, data, sbr_cfg, sbr_params, seed):
+  """(LLMGR module, its parameters, the LLM's tokenizer)."""
+  spec = llm_api.LLMSpec.from_config(config.llm)
+  llm_model, llm_params, tokenizer = llm_api.load_llm(spec, seed=seed)
+  model_cfg = model_config(config, sbr_cfg, llm_model.config, data.num_items)
+  params = model_lib.assemble_params(model_cfg, llm_params, sbr_params["sbr"], seed)
+  return model_lib.LLMGR(model_cfg), params, tokenizer
+
+
+def check_tree(model, params, batch):
+  """Fails early (naming the path) if assembled params do not fit the model."""
+  expected = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, batch))["params"]
+  exp_flat = {labels_lib.path_str(p): v for p, v in
+              jax.tree_util.tree_flatten_with_path(expected)[0]}
+  got_flat = {labels_lib.path_str(p): v for p, v in
+              jax.tree_util.tree_flatten_with_path(params)[0]}
+  missing = sorted(set(exp_flat) - set(got_flat))
+  extra = sorted(set(got_flat) - set(exp_flat))
+  bad = [k for k in set(exp_flat) & set(got_flat) if exp_flat[k].shape != got_flat[k].shape]
+  if missing or extra or bad:
+    raise ValueError(f"Assembled LLMGR parameters do not fit the model: missing {missing[:5]}, "
+                     f"unexpected {extra[:5]}, wrong shape {bad[:5]}.")
+
+
+def make_encoder(config, data, tokenizer):
+  tokenize = lambda text: list(tokenizer.encode(text, add_special_tokens=False))
+  item_tokens = [tokenize(" " + t) for t in data.item_texts]
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  encoder = prompts_lib.PromptEncoder(
+      tokenize, bos_id=tokenizer.bos_token_id, placeholder_id=pad or 0,
+      max_len=int(config.data.max_len), max_nodes=int(config.llmgr.max_nodes),
+      max_text_tokens=int(config.llmgr.max_text_tokens), item_text_tokens=item_tokens)
+  return encoder, int(pad or 0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  t_start = time.perf_counter()
+  seed = int(config.seed)
+  data = prepared_lib.load_prepared(config.data)
+  sbr_cfg, sbr_params, sbr_alone = pretrained_sbr(config, data, workdir)
+  model, params, tokenizer = build_model_and_params(config, data, sbr_cfg, sbr_params, seed)
+  encoder, pad_id = make_encoder(config, data, tokenizer)
+  g = config.llmgr
+  max_len, bs = int(config.data.max_len), int(config.train.batch_size)
+  buckets = tuple(g.length_buckets)
+
+  cache: Dict[str, examples_lib.TaskExamples] = {}
+
+  def task_examples(task):
+    if task not in cache:
+      if task == "behavior":
+        cache[task] = examples_lib.behavior_examples(data.train, encoder,
+                                                   limit=int(g.train_limit), seed=seed)
+      elif task == "node_text":
+        cache[task] = examples_lib.node_text_examples(data.num_items, encoder,
+                                                    limit=int(g.train_limit), seed=seed)
+      elif task == "contrastive":
+        cache[task] = examples_lib.contrastive_examples(
+            data.train, data.num_items, encoder, num_candidates=int(g.num_candidates),
+            max_successors=int(g.max_successors), limit=int(g.train_limit), seed=seed)
+      else:
+        raise ValueError(f"Unknown prompt task {task!r} in config.stages; choose one of "
+                         f"{prompts_lib.TASKS}.")
+    return cache[task]
+
+  def eval_batcher(split):
+    ex = examples_lib.behavior_examples(split, encoder, limit=int(g.eval_limit), seed=seed)
+    return examples_lib.PromptBatcher([ex], max_len=max_len, batch_size=int(config.eval.batch_size),
+                                    length_buckets=buckets, pad_id=pad_id)
+
+  valid_batcher, test_batcher = eval_batcher(data.valid), eval_batcher(data.test)
+  check_tree(model, params, next(valid_batcher.iterate(shuffle=False)))
+  writer = writer_lib.MetricWriter(os.path.join(workdir, "tensorboard", "llmgr"))
+  writer.write_text("config", config.to_json_best_effort(indent=2))
+  signature = {"model": f"llmgr/{sbr_cfg.backbone}", "num_items": data.num_items,
+               "data": data.fingerprint, "variant": config.variant,
+               "llm_layers": model.config.llm.num_layers,
+               "llm_hidden": model.config.llm.hidden_size}
+
+  mesh = mesh_lib.mesh_from_config(config.mesh)
+  rules = llmgr_rules.logical_rules(config.logical_axis_rules)
+  evaluate = make_evaluator(model, tuple(config.eval.ks), mesh, rules)
+  stage_summaries = {}
+  for name in config.stage_order:
+    if name not in config.stages:
+      raise ValueError(f"config.stage_order names {name!r}, which config.stages lacks.")
+    st = config.stages[name]
+    batcher = examples_lib.PromptBatcher([task_examples(t) for t in st.tasks], max_len=max_len,
+                                       batch_size=bs, length_buckets=buckets, pad_id=pad_id)
+    n_steps = batcher.num_batches()
+    train_cfg = ml_collections.ConfigDict(config.train.to_dict())
+    train_cfg.learning_rate = float(st.learning_rate)
+    schedule = optim.make_schedule(train_cfg, n_steps, n_steps * int(st.epochs))
+    tx = optim.make_optimizer(train_cfg, schedule, params, trainable=tuple(st.trainable))
+    mask = labels_lib.trainable_mask(params, tuple(st.trainable))
+    state, shardings = state_lib.create_train_state(model.apply, params, tx, mesh, rules,
+                                                     llmgr_rules.LLMGR_PARAM_RULES)
+    validate = "behavior" in st.tasks and bool(config.train.early_stop_metric)
+    spec = loop.StageSpec.from_config(
+        name, config.train, epochs=int(st.epochs),
+        early_stop_metric=config.train.early_stop_metric if validate else "")
+    result = loop.run_stage(
+        spec, stage_dir=loop.stage_dir(workdir, name), state=state,
+        signature={**signature, "stage": name, "tasks": list(st.tasks),
+                   "trainable": list(st.trainable)},
+        train_step=jitted_train_step(model, schedule, mask, seed, mesh, shardings, rules),
+        train_batches=lambda epoch, b=batcher: b.iterate(shuffle=True, seed=seed, epoch=epoch),
+        steps_per_epoch=n_steps, batch_size=bs,
+        evaluate=(lambda p: evaluate(p, valid_batcher)) if validate else None,
+        writer=writer)
+    params = result["best_params"]
+    stage_summaries[name] = {"prompts": len(batcher), "steps_per_epoch": n_steps,
+                             "history": result["meta"]["history"],
+                             "train_seconds": result["meta"]["train_seconds"]}
+
+  aliases = bool(config.eval.p_at_k_alias)
+  test = evaluate(params, test_batcher, aliases)
+  writer.write_scalars(0, {f"eval/test/{k}": v for k, v in test.items()})
+  writer.close()
+  summary = {
+      "model": f"LLMGR[{config.variant}]({sbr_cfg.backbone})", "dataset": data.name,
+      "protocol": data.protocol, "num_items": data.num_items, "test": test,
+      "test_examples": len(test_batcher), "sbr_alone": (sbr_alone or {}).get("test"),
+      "stages": stage_summaries, "prompt_stats": vars(encoder.stats),
+      "llm": {"source": config.llm.source, "layers": model.config.llm.num_layers,
+              "hidden": model.config.llm.hidden_size},
+      "wall_seconds": time.perf_counter() - t_start,
+      "config": json.loads(config.to_json_best_effort()),
+  }
+  writer_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
+  logging.info("LLMGR test metrics: %s", json.dumps(test))
+  return summary

@@ -1,0 +1,178 @@
+"""Training and evaluation of a graph SBR backbone (SR-GNN, GC-SAN, NISER, TAGNN).
+
+``train_and_evaluate(config, workdir)`` prepares the data, trains with early
+stopping on the validation split, restores the best epoch and scores the
+test split with both protocols (sampled and full ranking). The parameter
+tree is ``{"sbr": backbone_params}`` so its checkpoints drop straight into
+LLMGR and LLM4SBR, whose trees hold the backbone under the same key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from flax.training import train_state
+
+from sbrjax.data import graphs as graphs_lib
+from sbrjax.data import prepared as prepared_lib
+from sbrjax.models import sbr as sbr_lib
+from sbrjax.train import checkpoints as ckpt_lib
+from sbrjax.train import evaluate as evaluate_lib
+from sbrjax.train import loop
+from sbrjax.train import losses
+from sbrjax.train import optim
+from sbrjax.train import steps
+from sbrjax.train import writer as writer_lib
+
+STAGE = "sbr"
+
+
+def sbr_config(config: ml_collections.ConfigDict, num_items: int) -> sbr_lib.SBRConfig:
+  """The frozen model config from the ``sbr`` section (fields checked by name)."""
+  fields = {f.name for f in dataclasses.fields(sbr_lib.SBRConfig)}
+  values = {k: v for k, v in config.sbr.to_dict().items() if k in fields}
+  unknown = set(config.sbr.keys()) - fields
+  if unknown:
+    raise ValueError(f"config.sbr has keys the backbone does not take: {sorted(unknown)}.")
+  values["num_items"] = num_items
+  # NISER+'s position table must cover the longest session the data yields.
+  values["niser_max_len"] = max(int(config.data.max_len), values.get("niser_max_len", 0))
+  return sbr_lib.SBRConfig(**values)
+
+
+def signature(cfg: sbr_lib.SBRConfig, fingerprint: str) -> Dict[str, Any]:
+  """What a checkpoint must agree on to be restored into this run."""
+  return {"model": f"sbr/{cfg.backbone}", "num_items": cfg.num_items,
+          "embed_dim": cfg.embed_dim, "data": fingerprint}
+
+
+def init_params(model, batch, seed: int):
+  variables = model.init({"params": jax.random.PRNGKey(seed),
+                          "dropout": jax.random.PRNGKey(seed + 1)}, batch, deterministic=True)
+  return {"sbr": variables["params"]}
+
+
+def jitted_train_step(model, schedule, seed: int):
+  """The backbone's jitted train step (masked cross-entropy, dropout on)."""
+
+  def loss_fn(params, batch, rng):
+    out = model.apply({"params": params["sbr"]}, batch, deterministic=False,
+                      rngs={"dropout": rng})
+    return losses.masked_xent(out.logits, batch.targets, batch.graph_mask), {}
+
+  return steps.jit_train_step(
+      steps.make_train_step(loss_fn, schedule, jax.random.PRNGKey(seed + 2)))
+
+
+def graph_ranks(batch, logits):
+  """Per-example evaluation outputs of a ``GraphBatch`` scored by ``logits`` [B, I]."""
+  return {**evaluate_lib.ranks_from_scores(logits, batch.targets, batch.graph_mask,
+                                           batch.negatives),
+          "index": batch.index, "target": batch.targets}
+
+
+def make_evaluator(model, ks):
+  """``evaluate(params, graphs, batch_size, aliases=False, return_examples=False)``."""
+
+  def rank_fn(params, batch):
+    out = model.apply({"params": params["sbr"]}, batch, deterministic=True)
+    return graph_ranks(batch, out.logits)
+
+  inner = evaluate_lib.make_evaluator(rank_fn, ks)
+
+  def evaluate(params, graphs, batch_size, aliases=False, return_examples=False):
+    return inner(params, graphs_lib.iterate_batches(graphs, batch_size, shuffle=False),
+                 aliases, return_examples)
+
+  return evaluate
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains the configured backbone and writes ``results.json`` in ``workdir``."""
+  t_start = time.perf_counter()
+  data = prepared_lib.load_prepared(config.data)
+  cfg = sbr_config(config, data.num_items)
+  model = sbr_lib.create_model(cfg)
+  max_len = int(config.data.max_len)
+  train_graphs = graphs_lib.build_graphs(data.train, max_len)
+  valid_graphs = graphs_lib.build_graphs(data.valid, max_len)
+  test_graphs = graphs_lib.build_graphs(data.test, max_len)
+
+  bs = int(config.train.batch_size)
+  if bs < 1:
+    raise ValueError(f"config.train.batch_size must be >= 1, got {bs}.")
+  # Packed batches (graphs_lib node cap) can add a batch in rare epochs;
+  # epoch 0's count sets the schedule's epoch length.
+  steps_per_epoch = graphs_lib.num_batches(train_graphs, bs, node_cap="auto", shuffle=True,
+                                           seed=int(config.seed), epoch=0)
+  first = next(iter(graphs_lib.iterate_batches(train_graphs, bs, shuffle=False)))
+  params = init_params(model, first, int(config.seed))
+  sig = signature(cfg, data.fingerprint)
+  if config.restore_from:
+    params["sbr"] = restore_backbone(config.restore_from, params, sig)["sbr"]
+
+  schedule = optim.make_schedule(config.train, steps_per_epoch,
+                                 steps_per_epoch * int(config.train.epochs))
+  tx = optim.make_optimizer(config.train, schedule, params, trainable=("sbr",))
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  # An int32 array step (not Python 0) keeps the jitted step to one compile.
+  state = state.replace(step=jnp.zeros((), jnp.int32))
+
+  writer = writer_lib.MetricWriter(os.path.join(workdir, "tensorboard", STAGE))
+  writer.write_text("config", config.to_json_best_effort(indent=2))
+  ks = tuple(config.eval.ks)
+  evaluate = make_evaluator(model, ks)
+  eval_bs = int(config.eval.batch_size)
+  spec = loop.StageSpec.from_config(STAGE, config.train)
+  seed = int(config.seed)
+  result = loop.run_stage(
+      spec, stage_dir=loop.stage_dir(workdir, STAGE), state=state, signature=sig,
+      train_step=jitted_train_step(model, schedule, seed),
+      train_batches=lambda epoch: graphs_lib.iterate_batches(
+          train_graphs, bs, shuffle=True, seed=seed, epoch=epoch),
+      steps_per_epoch=steps_per_epoch, batch_size=bs,
+      evaluate=lambda p: evaluate(p, valid_graphs, eval_bs),
+      writer=writer)
+
+  best = result["best_params"]
+  aliases = bool(config.eval.p_at_k_alias)
+  test = evaluate(best, test_graphs, eval_bs, aliases)
+  valid = evaluate(best, valid_graphs, eval_bs, aliases)
+  writer.write_scalars(int(result["state"].step),
+                       {f"eval/test/{k}": v for k, v in test.items()})
+  writer.close()
+  summary = {
+      "model": cfg.backbone, "dataset": data.name, "protocol": data.protocol,
+      "num_items": data.num_items, "data_fingerprint": data.fingerprint,
+      "best_epoch": result["meta"]["best_epoch"], "epochs_run": result["meta"]["epoch"] + 1,
+      "train_seconds": result["meta"]["train_seconds"],
+      "wall_seconds": time.perf_counter() - t_start,
+      "valid": valid, "test": test, "config": json.loads(config.to_json_best_effort()),
+  }
+  writer_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
+  logging.info("Test metrics: %s", json.dumps(test))
+  return summary
+
+
+def restore_backbone(source: str, params, sig) -> Any:
+  """Backbone parameters of another run (its workdir or its ``best`` dir)."""
+  source = os.path.abspath(source)
+  candidates = [source, os.path.join(source, "best"), os.path.join(source, STAGE, "best")]
+  for path in candidates:
+    if os.path.isdir(path) and os.path.basename(os.path.normpath(path)) == "best":
+      # Any data fingerprint is accepted: restoring from another preparation of
+      # the same catalog is a legitimate warm start; model and catalog must match.
+      restored, _ = ckpt_lib.restore_params(path, ckpt_lib.abstract(params), sig,
+                                            keys=("model", "num_items", "embed_dim"))
+      return restored
+  raise FileNotFoundError(
+      f"config.restore_from={source!r}: no checkpoint found (looked for "
+      f"{', '.join(candidates[1:])}). Give a run directory written by an sbr job.")

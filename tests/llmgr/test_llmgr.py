@@ -1,0 +1,318 @@
+"""LLMGR: prompt slots, hybrid encoding, stage freezing, variants, end to end."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax.training import train_state
+
+from sbrjax import config as config_lib
+from sbrjax import llm as llm_api
+from sbrjax.llmgr import config as llmgr_config_lib
+from sbrjax.train import labels as labels_lib
+from sbrjax.train import checkpoints
+from sbrjax.train import losses
+from sbrjax.train import optim
+from sbrjax.llmgr import train as train_llmgr
+from sbrjax.sbr import train as train_sbr
+from sbrjax.llmgr import examples as llmgr_data
+from sbrjax.data import prepared
+from sbrjax.llmgr import prompts as prompts_lib
+from sbrjax.llmgr import model as llmgr_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PH = 0  # placeholder id of the byte tokenizer (its pad id)
+
+
+@pytest.fixture()
+def cfg(tiny_raw_dir, tmp_path):
+  c = config_lib.load_config_file(os.path.join(REPO, "configs", "llmgr_tiny.py"))
+  c.data.manual_dir = tiny_raw_dir
+  c.data.data_dir = str(tmp_path / "data")
+  return c
+
+
+def _encoder(max_len=8, max_nodes=3):
+  tok = llm_api.ByteTokenizer()
+  texts = [tok.encode(" item number %d" % i) for i in range(30)]
+  return prompts_lib.PromptEncoder(
+      tok.encode, bos_id=tok.bos_token_id, placeholder_id=PH, max_len=max_len,
+      max_nodes=max_nodes, max_text_tokens=5, item_text_tokens=texts), tok
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def test_behavior_prompt_slots_keep_the_most_recent_clicks():
+  enc, tok = _encoder(max_nodes=3)
+  p = enc.encode("behavior", session=[4, 7, 4, 9, 2])
+  assert list(p.tokens[p.slot_pos]) == [PH] * 4          # graph + 3 nodes
+  assert list(p.slot_src) == [0, 1 + 2, 1 + 3, 1 + 4]    # graph, clicks 2..4
+  assert np.all(np.diff(p.slot_pos) > 0)
+  text = bytes(t - 3 for t in p.tokens[1:p.slot_pos[0]]).decode()
+  assert text == ("Please recommend a suitable next item according to the session graph "
+                  "and its corresponding nodes ")
+  assert enc.stats.sessions_truncated == 1
+
+
+def test_one_node_session_has_graph_and_one_node_slot():
+  enc, _ = _encoder()
+  p = enc.encode("behavior", session=[5])
+  assert list(p.slot_src) == [0, 1]
+  assert p.slot_pos[1] == p.slot_pos[0] + 2  # "<graph> <node>": a space between
+
+
+def test_contrastive_prompt_lists_node_and_candidates_as_item_slots():
+  enc, _ = _encoder(max_len=8)
+  p = enc.encode("contrastive", item=3, candidates=[9, 1, 4])
+  assert list(p.items) == [3, 9, 1, 4]
+  assert list(p.slot_src) == [9, 10, 11, 12]  # 1 + max_len + q
+  assert list(p.tokens[p.slot_pos]) == [PH] * 4
+
+
+def test_node_text_prompt_inlines_truncated_item_text_and_has_no_slots():
+  enc, tok = _encoder()
+  p = enc.encode("node_text", item=2)
+  assert len(p.slot_pos) == 0
+  assert bytes(t - 3 for t in tok.encode(" item")).decode() in bytes(
+      t - 3 for t in p.tokens[1:]).decode()
+  assert enc.stats.texts_truncated == 1  # " item number 2" > 5 tokens
+
+
+def test_prompt_longer_than_every_bucket_is_an_error():
+  with pytest.raises(ValueError, match="max_prompt_len|largest length bucket"):
+    prompts_lib.bucket_length(300, (64, 128))
+
+
+def test_unknown_task_is_an_error():
+  enc, _ = _encoder()
+  with pytest.raises(ValueError, match="Unknown prompt task"):
+    enc.encode("summarize")
+
+
+# ---------------------------------------------------------------- model + steps
+
+
+def _setup(cfg):
+  data = prepared.load_prepared(cfg.data)
+  sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
+  from sbrjax.data import graphs as graphs_lib
+  sbr_model = train_sbr.sbr_lib.create_model(sbr_cfg)
+  first = graphs_lib.make_batch(graphs_lib.build_graphs(data.train, 8), np.arange(2), 2)
+  sbr_params = train_sbr.init_params(sbr_model, first, 0)
+  model, params, tok = train_llmgr.build_model_and_params(cfg, data, sbr_cfg, sbr_params, 0)
+  enc, pad = train_llmgr.make_encoder(cfg, data, tok)
+  return data, model, params, enc, pad
+
+
+def _batch(examples, pad):
+  b = llmgr_data.PromptBatcher(examples, max_len=8, batch_size=8,
+                               length_buckets=(128, 192), pad_id=pad)
+  return next(b.iterate(shuffle=False))
+
+
+def test_hybrid_embeddings_splice_projected_sbr_vectors_at_slots(cfg):
+  data, model, params, enc, pad = _setup(cfg)
+  ex_b = llmgr_data.behavior_examples(data.train, enc, limit=4)
+  ex_c = llmgr_data.contrastive_examples(data.train, data.num_items, enc, num_candidates=5,
+                                         max_successors=2, limit=4)
+  for ex in (ex_b, ex_c):
+    batch = _batch([ex], pad)
+    got = model.apply({"params": params}, batch, method=llmgr_lib.LLMGR.hybrid_embeddings)
+    sbr_out = model.apply({"params": params}, batch.sessions, method=lambda m, s: m.sbr(s))
+    tokens = model.apply({"params": params}, jnp.asarray(batch.input_ids),
+                         method=lambda m, i: m.llm.embed(i))
+    w = params["f_in"]
+    for i in range(int(batch.mask.sum())):
+      slots = batch.slot_pos[i] < batch.input_ids.shape[1]
+      for pos, src in zip(batch.slot_pos[i][slots], batch.slot_src[i][slots]):
+        if src == 0:
+          vec = sbr_out.final[i]
+        elif src <= 8:
+          vec = sbr_out.seq_states[i, src - 1]
+        else:
+          vec = sbr_out.item_embeddings[batch.items[i, src - 9]]
+        np.testing.assert_allclose(got[i, pos], vec @ w["kernel"] + w["bias"], atol=1e-5)
+      other = np.setdiff1d(np.arange(batch.input_ids.shape[1]), batch.slot_pos[i][slots])
+      np.testing.assert_array_equal(got[i, other], tokens[i, other])
+
+
+def _one_step(cfg, model, params, batch, trainable):
+  tcfg = ml_collections.ConfigDict(cfg.train.to_dict())
+  tcfg.learning_rate = 1e-2
+  sched = optim.make_schedule(tcfg, 10, 10)
+  tx = optim.make_optimizer(tcfg, sched, params, trainable)
+  mask = labels_lib.trainable_mask(params, trainable)
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  before = jax.tree_util.tree_map(np.array, params)
+  state, _ = train_llmgr.jitted_train_step(model, sched, mask, 0)(state, batch)
+  return before, jax.tree_util.tree_map(np.asarray, state.params)
+
+
+def _changed_by_label(before, after):
+  out = {}
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(before)[0],
+                          jax.tree_util.tree_leaves(after)):
+    label = labels_lib.param_label(path)
+    out.setdefault(label, []).append(not np.array_equal(a, b))
+  return out
+
+
+@pytest.mark.parametrize("stage", ["aux", "major"])
+def test_stage_step_changes_only_its_trainable_labels(cfg, stage):
+  data, model, params, enc, pad = _setup(cfg)
+  if stage == "aux":
+    ex = [llmgr_data.node_text_examples(data.num_items, enc, limit=4),
+          llmgr_data.contrastive_examples(data.train, data.num_items, enc, num_candidates=5,
+                                          max_successors=2, limit=4)]
+  else:
+    ex = [llmgr_data.behavior_examples(data.train, enc, limit=8)]
+  trainable = tuple(cfg.stages[stage].trainable)
+  # The fresh LoRA B is zero, so the first aux step moves B only if A gets through.
+  before, after = _one_step(cfg, model, params, _batch(ex, pad), trainable)
+  changed = _changed_by_label(before, after)
+  for label, flags in changed.items():
+    if label in trainable:
+      assert any(flags), f"{stage}: no {label} parameter changed"
+    else:
+      assert not any(flags), f"{stage}: frozen {label} parameters changed"
+  assert set(changed) == {"sbr", "llm_base", "lora", "f_in", "f_out"}
+
+
+def test_gradients_reach_the_sbr_model_through_the_frozen_llm(cfg):
+  data, model, params, enc, pad = _setup(cfg)
+  batch = _batch([llmgr_data.behavior_examples(data.train, enc, limit=8)], pad)
+
+  def loss(sbr_params):
+    logits = model.apply({"params": {**params, "sbr": sbr_params}}, batch)
+    return losses.masked_xent(logits, batch.targets, batch.mask)
+
+  grads = jax.grad(loss)(params["sbr"])
+  gnn_grads = [np.abs(np.asarray(g)).max() for p, g in
+               jax.tree_util.tree_flatten_with_path(grads)[0] if "gnn" in labels_lib.path_str(p)]
+  assert gnn_grads and max(gnn_grads) > 0
+
+
+def test_frozen_leaves_have_no_optimizer_state(cfg):
+  _, model, params, _, _ = _setup(cfg)
+  tcfg = cfg.train
+  sched = optim.make_schedule(tcfg, 10, 10)
+  tx = optim.make_optimizer(tcfg, sched, params, ("lora", "f_in", "f_out"))
+  state = tx.init(params)
+  n_trainable = sum(x.size for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+                    if labels_lib.param_label(p) in ("lora", "f_in", "f_out"))
+  n_state = sum(x.size for x in jax.tree_util.tree_leaves(state) if x.ndim > 0)
+  assert n_state == 2 * n_trainable  # Adam's two moments, nothing for frozen leaves
+
+
+def test_variants_differ_only_in_their_stages():
+  cfgs = {v: llmgr_config_lib.llmgr_config(v) for v in llmgr_config_lib.LLMGR_VARIANTS}
+  base = cfgs["llmgr"].to_dict()
+  for name, c in cfgs.items():
+    d = c.to_dict()
+    diff = {k for k in set(base) | set(d) if base.get(k) != d.get(k)}
+    assert diff <= {"variant", "stages", "stage_order"}, (name, diff)
+  trained = {v: {t for s in c.stages.values() for t in s.trainable} for v, c in cfgs.items()}
+  assert trained["llmgr_m"] == {"sbr", "f_out"}
+  assert trained["llmgr_o"] == trained["llmgr_f"] == {"sbr", "lora", "f_in", "f_out"}
+  assert cfgs["llmgr_f"].stages.aux.tasks == cfgs["llmgr"].stages.aux.tasks
+  assert len(cfgs["llmgr_o"].stage_order) == 1 and len(cfgs["llmgr_m"].stage_order) == 1
+
+
+# ---------------------------------------------------------------- end to end + bad input
+
+
+@pytest.mark.slow
+def test_tiny_llmgr_runs_both_stages_end_to_end_and_resumes(cfg, tmp_path):
+  wd = str(tmp_path / "run")
+  out = train_llmgr.train_and_evaluate(cfg, wd)
+  results = json.load(open(os.path.join(wd, "results.json")))
+  assert set(results["stages"]) == {"aux", "major"}
+  for stage in ("sbr_pretrain/sbr", "aux", "major"):
+    assert os.listdir(os.path.join(wd, stage, "best")), stage
+  # LLMGR scores the configured sample of test users once each; the backbone all of them.
+  n_test = len(prepared.load_prepared(cfg.data).test)
+  assert results["test"]["count"] == results["test_examples"] == min(cfg.llmgr.eval_limit,
+                                                                      n_test)
+  assert results["sbr_alone"]["count"] == n_test
+  # A second run finds every stage done and reproduces the metrics.
+  again = train_llmgr.train_and_evaluate(cfg, wd)
+  assert again["test"] == out["test"]
+
+
+@pytest.mark.slow
+def test_llmgr_killed_mid_stage_resumes_to_the_uninterrupted_result(cfg, tmp_path, monkeypatch):
+  cfg.stages.major.epochs = 2
+  ref = train_llmgr.train_and_evaluate(cfg, str(tmp_path / "ref"))
+  per_epoch = ref["stages"]["major"]["steps_per_epoch"]
+  real = train_llmgr.jitted_train_step
+  calls = {}
+
+  def counting(crash_after=None):
+    def factory(model, schedule, mask, seed, *args, **kwargs):
+      step = real(model, schedule, mask, seed, *args, **kwargs)
+      stage = "aux" if len(calls) == 0 else "major"
+      calls[stage] = 0
+
+      def wrapped(state, batch):
+        calls[stage] += 1
+        if stage == "major" and calls[stage] == crash_after:
+          raise KeyboardInterrupt("simulated kill in the second major epoch")
+        return step(state, batch)
+      return wrapped
+    return factory
+
+  wd = str(tmp_path / "run")
+  monkeypatch.setattr(train_llmgr, "jitted_train_step", counting(crash_after=per_epoch + 2))
+  with pytest.raises(KeyboardInterrupt):
+    train_llmgr.train_and_evaluate(cfg, wd)
+  # A changed stage signature (what the stage trains) refuses the saved state.
+  changed = ml_collections.ConfigDict(cfg.to_dict())
+  changed.stages.major.trainable = ("sbr", "f_in", "f_out")
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="trainable"):
+    train_llmgr.train_and_evaluate(changed, wd)
+  calls.clear()
+  monkeypatch.setattr(train_llmgr, "jitted_train_step", counting())
+  out = train_llmgr.train_and_evaluate(cfg, wd)
+  # Only the unfinished epoch ran again: aux was done, major resumed after epoch 0.
+  assert calls == {"aux": 0, "major": per_epoch}
+  assert out["test"] == ref["test"]
+  for stage in ("aux", "major"):
+    a = _best_params(os.path.join(str(tmp_path / "ref"), stage))
+    b = _best_params(os.path.join(wd, stage))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def _best_params(stage_dir):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  mngr = ocp.CheckpointManager(os.path.join(stage_dir, "best"))
+  tree = mngr.restore(mngr.latest_step(),
+                      args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+  return jax.tree_util.tree_map(np.asarray, tree["params"])
+
+
+def test_sbr_checkpoint_with_another_item_count_is_refused(cfg, tmp_path):
+  from sbrjax.data import rawfiles
+  other = tmp_path / "raw50"
+  rows = rawfiles.synthetic_ratings(num_users=60, num_items=50, per_user=14)
+  rawfiles.write_grouplens_100k(other, rows, {i: f"Film {i} (1991)" for i in range(1, 51)})
+  sbr_cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "sbr_tiny.py"))
+  sbr_cfg.data.manual_dir = str(other)
+  sbr_cfg.data.data_dir = str(tmp_path / "data50")
+  sbr_cfg.train.epochs = 1
+  train_sbr.train_and_evaluate(sbr_cfg, str(tmp_path / "sbr50"))
+  cfg.llmgr.sbr_checkpoint = str(tmp_path / "sbr50")
+  cfg.sbr.backbone = "srgnn"
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="num_items"):
+    train_llmgr.train_and_evaluate(cfg, str(tmp_path / "run"))
+
+
+def test_missing_llm_checkpoint_is_explained(cfg, tmp_path):
+  cfg.llm.source = "hf"
+  cfg.llm.path = str(tmp_path / "no-llama")
+  with pytest.raises(FileNotFoundError, match="config.llm.path"):
+    llm_api.load_llm(llm_api.LLMSpec.from_config(cfg.llm))
