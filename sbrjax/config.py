@@ -12,9 +12,13 @@ never see a ConfigDict: the trainers turn sections into frozen dataclasses.
 from __future__ import annotations
 
 import importlib.util
+import linecache
 import os
+import re
 
 import ml_collections
+
+from sbrjax import errors
 
 JOBS = ("data", "sbr", "llmgr", "llm4sbr")
 
@@ -95,25 +99,82 @@ def base_config(locked: bool = True) -> ml_collections.ConfigDict:
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Loads ``get_config()`` from a config file path (as config_flags does)."""
+  """Loads ``get_config()`` from a config file path (as config_flags does).
+
+  Raises:
+    errors.ConfigError: a missing file, no ``get_config``, or a key the
+      (locked) schema lacks, named with its file, line and the closest keys.
+  """
   if not os.path.exists(path):
-    raise FileNotFoundError(f"Config file {path!r} does not exist.")
+    raise errors.ConfigError(f"Config file {path!r} does not exist; give --config=configs/NAME.py.")
   spec = importlib.util.spec_from_file_location("_sbrjax_config", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"Config file {path!r} defines no get_config().")
-  return module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise errors.ConfigError(f"Config file {path!r} defines no get_config().")
+    return module.get_config()
+  except AttributeError as e:
+    raise _locked_key_error(e, path) from e
+
+
+def _locked_key_error(e: AttributeError, path: str) -> Exception:
+  """A ConfigError for a key set or read that the locked schema lacks."""
+  key = _missing_key(e)
+  tb = e.__traceback__
+  where, line, section = path, "", None
+  while tb is not None:
+    frame = tb.tb_frame
+    if os.path.abspath(frame.f_code.co_filename) == os.path.abspath(path):
+      where = f"{path}:{tb.tb_lineno}"
+      line = linecache.getline(path, tb.tb_lineno).strip()
+    if isinstance(frame.f_locals.get("self"), ml_collections.ConfigDict):
+      section = frame.f_locals["self"]
+    tb = tb.tb_next
+  if key is None or section is None:
+    return e
+  m = re.search(r"([A-Za-z_]\w*(?:\.\w+)*)\." + re.escape(key) + r"\b", line)
+  name = ("config" + m.group(1)[m.group(1).find("."):] if m and "." in m.group(1)
+          else "config") if m else "this section"
+  return errors.ConfigError(
+      f"{where}: `{line}`: {name} has no key {key!r}.{errors.closest(key, section.keys())}"
+      f" Keys of {name}: {', '.join(sorted(section.keys()))}.")
+
+
+def _missing_key(e: Exception):
+  text = str(e)
+  for pattern in (r'Key \\?"([^"\\]+)\\?" does not exist', r"^\W*'([^']+)'\W*$"):
+    m = re.search(pattern, text)
+    if m:
+      return m.group(1)
+  return None
+
+
+def check_override(config: ml_collections.ConfigDict, dotted: str) -> None:
+  """Raises ConfigError unless ``--config.<dotted>`` names an existing key.
+
+  The message names the section and its closest keys, e.g. ``--config.data.max_lenn:
+  config.data has no key 'max_lenn'. Did you mean 'max_len'?``.
+  """
+  node, path = config, "config"
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise errors.ConfigError(f"--config.{dotted}: {path} is a value, not a section.")
+    if part not in node:
+      raise errors.ConfigError(
+          f"--config.{dotted}: {path} has no key {part!r}.{errors.closest(part, node.keys())}"
+          f" Keys of {path}: {', '.join(sorted(node.keys()))}.")
+    node, path = node[part], f"{path}.{part}"
 
 
 def validate_choice(config: ml_collections.ConfigDict, key: str, choices) -> None:
-  """Raises a ValueError naming ``config.<key>`` when its value is not a choice."""
+  """Raises a ConfigError naming ``config.<key>`` when its value is not a choice."""
   value = config
   for part in key.split("."):
     value = value[part]
   if value not in choices:
-    raise ValueError(f"config.{key}={value!r} is not supported; choose one of "
-                     f"{', '.join(map(repr, choices))}.")
+    raise errors.ConfigError(f"config.{key}={value!r} is not supported; choose one of "
+                             f"{', '.join(map(repr, choices))}.")
 
 
 def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:

@@ -23,14 +23,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import json
 import os
+import shutil
 from typing import Any, List, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sbrjax import errors
 from sbrjax.convert import gguf as gguf_convert
+from sbrjax.data import digest
 from sbrjax.convert import hf_llama
 from sbrjax.convert.hf_llama import restore_params, save_params
 from sbrjax.models import generate as generate_lib
@@ -71,7 +75,7 @@ class ByteTokenizer:
 def dtype_of(name: str, key: str = "config.llm.dtype"):
   """``DTYPES[name]``, or a ValueError naming ``key`` and the choices."""
   if name not in DTYPES:
-    raise ValueError(f"{key}={name!r} is not supported; choose one of "
+    raise errors.ConfigError(f"{key}={name!r} is not supported; choose one of "
                      f"{', '.join(DTYPES)}.")
   return DTYPES[name]
 
@@ -100,16 +104,16 @@ class LLMSpec:
 
   def __post_init__(self):
     if self.source not in SOURCES:
-      raise ValueError(f"config.llm.source={self.source!r}; choose one of "
+      raise errors.ConfigError(f"config.llm.source={self.source!r}; choose one of "
                        f"{', '.join(map(repr, SOURCES))}.")
     if self.source == "random" and self.preset not in PRESETS:
-      raise ValueError(f"config.llm.preset={self.preset!r}; choose one of "
+      raise errors.ConfigError(f"config.llm.preset={self.preset!r}; choose one of "
                        f"{', '.join(sorted(PRESETS))}.")
     dtype_of(self.dtype, "config.llm.dtype")
     if self.frozen_dtype:
       dtype_of(self.frozen_dtype, "config.llm.frozen_dtype")
     if int(self.num_layers) < 0:
-      raise ValueError(f"config.llm.num_layers={self.num_layers} must be >= 0.")
+      raise errors.ConfigError(f"config.llm.num_layers={self.num_layers} must be >= 0.")
 
   @classmethod
   def from_config(cls, llm_cfg) -> "LLMSpec":
@@ -132,11 +136,11 @@ class LLMSpec:
     if self.source == "gguf":
       path = self.path or _default_gguf()
       if not os.path.exists(path):
-        raise FileNotFoundError(f"config.llm.path={path!r}: no GGUF file there; give a "
+        raise errors.MissingModelFile(f"config.llm.path={path!r}: no GGUF file there; give a "
                                 ".gguf file (or a directory holding one).")
       return path
     if not self.path or not os.path.isdir(self.path):
-      raise FileNotFoundError(
+      raise errors.MissingModelFile(
           f"config.llm.path={self.path!r} is not a directory. LLaMA-2 weights are not "
           "bundled: download an HF LlamaForCausalLM directory (config.json, tokenizer, "
           "*.safetensors), e.g. meta-llama/Llama-2-7b-hf after accepting its licence, "
@@ -155,16 +159,16 @@ def _resolve(path: str) -> tuple[str, str]:
   if os.path.isfile(path):
     if path.endswith(".gguf"):
       return "gguf", path
-    raise ValueError(f"{path} is a file but not a .gguf; pass an HF directory "
+    raise errors.ModelFileError(f"{path} is a file but not a .gguf; pass an HF directory "
                      "or a .gguf file.")
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"No model at {path}.")
+    raise errors.MissingModelFile(f"No model at {path}.")
   if os.path.exists(os.path.join(path, "config.json")):
     return "hf", path
   ggufs = sorted(glob.glob(os.path.join(path, "*.gguf")))
   if len(ggufs) == 1:
     return "gguf", ggufs[0]
-  raise ValueError(f"{path} holds neither config.json nor exactly one .gguf "
+  raise errors.ModelFileError(f"{path} holds neither config.json nor exactly one .gguf "
                    f"(found {len(ggufs)}).")
 
 
@@ -172,7 +176,7 @@ def _truncate(config: LlamaConfig, num_layers: int) -> LlamaConfig:
   if not num_layers:
     return config
   if num_layers > config.num_layers:
-    raise ValueError(f"config.llm.num_layers={num_layers} exceeds the model's "
+    raise errors.ConfigError(f"config.llm.num_layers={num_layers} exceeds the model's "
                      f"{config.num_layers} layers.")
   return config.replace(num_layers=int(num_layers))
 
@@ -229,8 +233,9 @@ def load_llm(source: Union[str, os.PathLike, LLMSpec], dtype: Any = jnp.bfloat16
       softmax and logits are float32 regardless.
     lora: attach fresh adapters (float32, ``b = 0``) for these targets.
     rng: PRNG key for the adapters' ``a`` matrices.
-    params_cache: Orbax checkpoint directory for the converted base tree;
-      restored when present, written after conversion otherwise.
+    params_cache: directory keeping the converted base tree as an Orbax
+      checkpoint, keyed by the source's sha256 and the dtype (recorded in
+      ``source.json``); restored when the key matches, rebuilt otherwise.
     tokenizer: also build the tokenizer.
     seed: seed of random weights (``source="random"``).
 
@@ -255,15 +260,24 @@ def load_llm(source: Union[str, os.PathLike, LLMSpec], dtype: Any = jnp.bfloat16
     config = (hf_llama.load_hf_config(path) if kind == "hf"
               else gguf_convert.gguf_config(path))
     config = config.replace(dtype=compute_dtype or dtype, param_dtype=dtype)
-    if params_cache and os.path.isdir(params_cache):
-      params = restore_params(params_cache)
+    # The converted tree is keyed by the source's bytes and the storage dtype:
+    # a model file replaced at the same path is converted again.
+    source_key = ({"source": digest.file_digest(path), "dtype": jnp.dtype(dtype).name}
+                  if params_cache else None)
+    cached = os.path.join(params_cache, digest.tree_digest(source_key)) if params_cache else ""
+    if cached and os.path.isdir(cached):
+      params = restore_params(cached)
     else:
       if kind == "hf":
         params = hf_llama.load_hf_params(path, config, dtype=dtype)
       else:
         _, params = gguf_convert.load_gguf(path, dtype=dtype, config=config)
-      if params_cache:
-        save_params(params_cache, params)
+      if cached:
+        for old in glob.glob(os.path.join(params_cache, "*")):  # stale conversions
+          shutil.rmtree(old, ignore_errors=True)
+        save_params(cached, params)
+        with open(os.path.join(params_cache, "source.json"), "w") as f:
+          json.dump({"path": os.path.abspath(path), **source_key}, f)
     if num_layers:
       config = _truncate(config, num_layers)
       params = {k: v for k, v in params.items()

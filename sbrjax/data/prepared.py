@@ -29,6 +29,7 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
+from sbrjax import errors
 from sbrjax.data import builders, negatives, preprocess, raw, stats
 from sbrjax.data.types import PreparedData, Split
 
@@ -103,8 +104,8 @@ class DataSettings:
     return out
 
 
-def _err(key: str, problem: str, fix: str) -> ValueError:
-  return ValueError(f"config.data.{key} {problem}; {fix}")
+def _err(key: str, problem: str, fix: str) -> errors.ConfigError:
+  return errors.ConfigError(f"config.data.{key} {problem}; {fix}")
 
 
 def validate(data_cfg) -> DataSettings:
@@ -167,31 +168,50 @@ def validate(data_cfg) -> DataSettings:
 # ------------------------------------------------------------------ prepare
 
 
-def prepare(settings: DataSettings,
-            canonical: builders.CanonicalData) -> PreparedData:
+def _files_of(sources: Optional[dict]) -> str:
+  if not sources:
+    return "the raw files"
+  return ", ".join(f["path"] for b in sources["builders"].values() for f in b["files"])
+
+
+def prepare(settings: DataSettings, canonical: builders.CanonicalData,
+            sources: Optional[dict] = None) -> PreparedData:
   """Runs the protocol and the negatives on canonical data (no disk I/O)."""
   item_codes_raw, items = np.unique(canonical.items.astype(str),
                                     return_inverse=True)
   if len(items) == 0:
-    raise ValueError(f"{settings.name}: the raw data has no interaction")
-  if settings.protocol == "llmgr":
-    out = preprocess.llmgr_protocol(
-        canonical.users, items, canonical.timestamps,
-        max_len=settings.max_len, min_count=settings.min_count)
-  else:
-    out = preprocess.llm4sbr_protocol(
-        canonical.users, items, canonical.timestamps,
-        session_gap_s=settings.session_gap, max_len=settings.max_len,
-        min_count=settings.min_count,
-        test_fraction=settings.test_fraction,
-        valid_fraction=settings.valid_fraction)
+    raise errors.DataError(f"{settings.name}: {_files_of(sources)} hold no interaction.")
+  try:
+    if settings.protocol == "llmgr":
+      out = preprocess.llmgr_protocol(
+          canonical.users, items, canonical.timestamps,
+          max_len=settings.max_len, min_count=settings.min_count)
+    else:
+      out = preprocess.llm4sbr_protocol(
+          canonical.users, items, canonical.timestamps,
+          session_gap_s=settings.session_gap, max_len=settings.max_len,
+          min_count=settings.min_count,
+          test_fraction=settings.test_fraction,
+          valid_fraction=settings.valid_fraction)
+  except ValueError as e:  # a filter emptied the data
+    raise errors.DataError(
+        f"{settings.name} ({settings.protocol} protocol): {e}, starting from "
+        f"{len(canonical.items)} interactions of {len(canonical.user_ids)} users in "
+        f"{_files_of(sources)}. Lower config.data.min_count or use more data.") from e
   num_items = len(out.item_codes)
   for name in _SPLITS:
     if len(getattr(out, name)) == 0:
-      raise ValueError(
-          f"{settings.name}: the {name} split is empty after filtering "
-          f"(protocol={settings.protocol}, min_count={settings.min_count}); "
-          f"lower config.data.min_count or use a larger dataset")
+      rule = (f"{settings.min_count}-core filtering of users and items "
+              "(config.data.min_count), then leave-one-out"
+              if settings.protocol == "llmgr" else
+              f"sessions split at gaps > {settings.session_gap_s} s, sessions of one click "
+              f"and items seen < {settings.min_count} times dropped "
+              "(config.data.min_count, session_gap_s)")
+      raise errors.DataError(
+          f"{settings.name}: the {name} split is empty after {rule}: "
+          f"{len(canonical.items)} interactions of {len(canonical.user_ids)} users in "
+          f"{_files_of(sources)} leave {len(out.train)} train / {len(out.valid)} valid / "
+          f"{len(out.test)} test examples. Lower config.data.min_count or use more data.")
   splits = {"train": out.train}
   for name in ("valid", "test"):
     split, hist = getattr(out, name), out.histories[name]
@@ -326,25 +346,29 @@ def load_prepared(data_cfg) -> PreparedData:
     PreparedData with fixed negatives on valid and test.
   """
   settings = validate(data_cfg)
-  versions = builders.versions(settings.dataset)
-  target = cache_dir(settings, versions)
-  cached = load(settings, versions, target)
-  if cached is not None:
-    return cached
   # Concurrent runs (or test workers) preparing the same data take turns: the
   # second finds the first one's cache instead of racing it in tfds/pip.
   os.makedirs(settings.data_dir, exist_ok=True)
   with open(os.path.join(settings.data_dir, ".prepare.lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
+      options = builders.RawOptions(manual_dir=settings.manual_dir,
+                                    download=settings.download)
+      # The cache key digests the raw files' bytes: edited files prepare again.
+      sources = builders.raw_sources(settings.dataset, settings.variant,
+                                     settings.data_dir, options)
+      versions = {**builders.versions(settings.dataset), "raw": sources["key"]}
+      target = cache_dir(settings, versions)
+      # Under the lock no other preparation is in flight: temporary folders
+      # left here were abandoned by a killed run.
+      for stale in target.parent.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
       cached = load(settings, versions, target)
       if cached is not None:
         return cached
       canonical = builders.load_canonical(
-          settings.dataset, settings.variant, settings.data_dir,
-          builders.RawOptions(manual_dir=settings.manual_dir,
-                              download=settings.download))
-      data = prepare(settings, canonical)
+          settings.dataset, settings.variant, settings.data_dir, options, sources)
+      data = prepare(settings, canonical, sources)
       save(data, settings, versions, target)
       return data
     finally:

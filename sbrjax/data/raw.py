@@ -36,6 +36,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from sbrjax import errors
+
 # Every public URL this package downloads from, in one place.  Amazon 2014 is
 # the SNAP/UCSD "5-core" release (reviews) with its per-category metadata;
 # Amazon 2018 is Ni et al.'s release, "5-core" review subsets and metaFiles2.
@@ -75,12 +77,21 @@ RECBOLE_WHEEL = "recbole==1.2.1"
 RECBOLE_ML100K_PREFIX = "recbole/dataset_example/ml-100k/"
 
 
-class RawDataError(ValueError):
-  """A raw file is malformed; the message names the file and line."""
+class RawDataError(errors.DataError):
+  """A raw file is malformed or empty; the message names the file (and line)."""
 
 
-class MissingRawFilesError(FileNotFoundError):
+class MissingRawFilesError(errors.MissingDataError):
   """Raw files are absent and could not be downloaded."""
+
+
+def require_interactions(inter: "RawInteractions", path) -> "RawInteractions":
+  """``inter``, or a RawDataError naming ``path`` when it holds no interaction."""
+  if len(inter) == 0:
+    raise RawDataError(f"{path}: no interactions (the file is empty or holds only a "
+                       "header); put the ratings/reviews in it or point "
+                       "config.data.manual_dir at the right folder.")
+  return inter
 
 
 @dataclasses.dataclass(frozen=True)

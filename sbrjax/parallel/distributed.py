@@ -32,6 +32,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 
+from sbrjax import errors
+
 _ENV_ADDR = "SBRJAX_COORDINATOR_ADDRESS"
 _ENV_NUM = "SBRJAX_NUM_PROCESSES"
 _ENV_ID = "SBRJAX_PROCESS_ID"
@@ -43,7 +45,7 @@ def first_slurm_host(node_list: str) -> str:
   """First host name of a SLURM node list like ``"gpu[003-007,009],cpu1"``."""
   m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", node_list.strip())
   if not m:
-    raise ValueError(f"cannot parse SLURM node list {node_list!r}")
+    raise errors.ConfigError(f"cannot parse SLURM node list {node_list!r}")
   prefix, ranges = m.group(1), m.group(2)
   if ranges is None:
     return prefix
@@ -54,7 +56,7 @@ def _int_env(env, key) -> int:
   try:
     return int(env[key])
   except ValueError as e:
-    raise ValueError(f"environment variable {key}={env[key]!r} is not an "
+    raise errors.ConfigError(f"environment variable {key}={env[key]!r} is not an "
                      "integer.") from e
 
 
@@ -62,7 +64,7 @@ def _ids(text: str, key: str):
   try:
     return [int(x) for x in text.split(",") if x.strip()]
   except ValueError as e:
-    raise ValueError(f"{key}={text!r} must be comma-separated integers, "
+    raise errors.ConfigError(f"{key}={text!r} must be comma-separated integers, "
                      "e.g. '0,1'.") from e
 
 
@@ -82,7 +84,7 @@ def distributed_args_from_env(
   if explicit:
     if len(explicit) != 3:
       missing = {_ENV_ADDR, _ENV_NUM, _ENV_ID} - set(explicit)
-      raise ValueError(f"set all of {_ENV_ADDR}, {_ENV_NUM}, {_ENV_ID}; "
+      raise errors.ConfigError(f"set all of {_ENV_ADDR}, {_ENV_NUM}, {_ENV_ID}; "
                        f"missing {sorted(missing)}.")
     args = dict(coordinator_address=env[_ENV_ADDR],
                 num_processes=_int_env(env, _ENV_NUM),
@@ -92,7 +94,7 @@ def distributed_args_from_env(
       return None
     for key in ("SLURM_PROCID", "SLURM_JOB_NODELIST"):
       if not env.get(key):
-        raise ValueError(f"SLURM run with SLURM_NTASKS>1 but {key} is unset; "
+        raise errors.ConfigError(f"SLURM run with SLURM_NTASKS>1 but {key} is unset; "
                          f"launch with srun or set {_ENV_ADDR} etc.")
     port = env.get(_ENV_PORT) or str(
         _int_env(env, "SLURM_JOB_ID") % 2**12 + (65535 - 2**12 + 1))
@@ -108,7 +110,7 @@ def distributed_args_from_env(
   if args["num_processes"] <= 1:
     return None
   if not 0 <= args["process_id"] < args["num_processes"]:
-    raise ValueError(f"process id {args['process_id']} is outside "
+    raise errors.ConfigError(f"process id {args['process_id']} is outside "
                      f"[0, {args['num_processes']}).")
   args["local_device_ids"] = local
   return args

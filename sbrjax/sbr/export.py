@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sbrjax import errors
 from sbrjax.data import graphs as graphs_lib
 from sbrjax.data.types import Split
 from sbrjax.models import sbr as sbr_lib
@@ -34,7 +35,7 @@ from sbrjax.train import checkpoints as ckpt_lib
 def _read_config(run_dir: str) -> ml_collections.ConfigDict:
   path = os.path.join(run_dir, "config.json")
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise errors.CheckpointError(
         f"load_backbone: {path!r} does not exist; give the --workdir of a "
         "finished sbr run (python -m sbrjax.main --config=configs/srgnn_ml100k.py "
         "--workdir=DIR).")
@@ -42,26 +43,26 @@ def _read_config(run_dir: str) -> ml_collections.ConfigDict:
     with open(path) as f:
       raw = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f"load_backbone: {path!r} is not valid JSON: {e}") from e
+    raise errors.CheckpointError(f"load_backbone: {path!r} is not valid JSON: {e}") from e
   for key in ("sbr", "data"):
     if not isinstance(raw.get(key), dict):
-      raise ValueError(f"load_backbone: {path!r} has no {key!r} section; it was not "
+      raise errors.CheckpointError(f"load_backbone: {path!r} has no {key!r} section; it was not "
                        "written by an sbr (or llmgr) job.")
   if "max_len" not in raw["data"]:
-    raise ValueError(f"load_backbone: {path!r} lacks data.max_len.")
+    raise errors.CheckpointError(f"load_backbone: {path!r} lacks data.max_len.")
   return ml_collections.ConfigDict(raw)
 
 
 def _best_meta(best_dir: str) -> Dict[str, Any]:
   if not os.path.isdir(best_dir):
-    raise FileNotFoundError(
+    raise errors.CheckpointError(
         f"load_backbone: no checkpoint directory {best_dir!r}; the run has not "
         "finished an epoch (or is not an sbr run).")
   mngr = ocp.CheckpointManager(best_dir)
   step = mngr.latest_step()
   if step is None:
     mngr.close()
-    raise FileNotFoundError(f"load_backbone: {best_dir!r} holds no complete checkpoint; "
+    raise errors.CheckpointError(f"load_backbone: {best_dir!r} holds no complete checkpoint; "
                             "re-run the training that writes it.")
   meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   mngr.close()
@@ -84,21 +85,21 @@ def load_backbone(run_dir: str) -> Tuple[Any, Any, sbr_lib.SBRConfig, Dict[str, 
     ``signature`` and ``config`` (the run's config as a dict).
 
   Raises:
-    FileNotFoundError: no ``config.json`` or no complete best checkpoint.
-    ValueError: a malformed ``config.json``.
+    sbrjax.errors.CheckpointError: no ``config.json``, a malformed one, or no
+      complete best checkpoint.
     sbrjax.train.checkpoints.CheckpointMismatchError: the checkpoint was written
       for another backbone or width than ``config.json`` says.
   """
   run_dir = os.path.abspath(run_dir)
   if not os.path.isdir(run_dir):
-    raise FileNotFoundError(f"load_backbone: run directory {run_dir!r} does not exist.")
+    raise errors.CheckpointError(f"load_backbone: run directory {run_dir!r} does not exist.")
   config = _read_config(run_dir)
   best_dir = os.path.join(run_dir, train_sbr.STAGE, "best")
   ckpt_meta = _best_meta(best_dir)
   found = ckpt_meta.get("signature", {})
   num_items = found.get("num_items")
   if not isinstance(num_items, int) or num_items < 1:
-    raise ValueError(f"load_backbone: the checkpoint in {best_dir!r} has no valid "
+    raise errors.CheckpointError(f"load_backbone: the checkpoint in {best_dir!r} has no valid "
                      f"num_items in its signature ({found!r}).")
   cfg = train_sbr.sbr_config(config, num_items)
   model = sbr_lib.create_model(cfg)

@@ -21,6 +21,7 @@ import ml_collections
 from absl import logging
 from flax.training import train_state
 
+from sbrjax import errors
 from sbrjax.data import graphs as graphs_lib
 from sbrjax.data import prepared as prepared_lib
 from sbrjax.models import sbr as sbr_lib
@@ -41,7 +42,7 @@ def sbr_config(config: ml_collections.ConfigDict, num_items: int) -> sbr_lib.SBR
   values = {k: v for k, v in config.sbr.to_dict().items() if k in fields}
   unknown = set(config.sbr.keys()) - fields
   if unknown:
-    raise ValueError(f"config.sbr has keys the backbone does not take: {sorted(unknown)}.")
+    raise errors.ConfigError(f"config.sbr has keys the backbone does not take: {sorted(unknown)}.")
   values["num_items"] = num_items
   # NISER+'s position table must cover the longest session the data yields.
   values["niser_max_len"] = max(int(config.data.max_len), values.get("niser_max_len", 0))
@@ -108,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   bs = int(config.train.batch_size)
   if bs < 1:
-    raise ValueError(f"config.train.batch_size must be >= 1, got {bs}.")
+    raise errors.ConfigError(f"config.train.batch_size must be >= 1, got {bs}.")
   # Packed batches (graphs_lib node cap) can add a batch in rare epochs;
   # epoch 0's count sets the schedule's epoch length.
   steps_per_epoch = graphs_lib.num_batches(train_graphs, bs, node_cap="auto", shuffle=True,
@@ -173,6 +174,6 @@ def restore_backbone(source: str, params, sig) -> Any:
       restored, _ = ckpt_lib.restore_params(path, ckpt_lib.abstract(params), sig,
                                             keys=("model", "num_items", "embed_dim"))
       return restored
-  raise FileNotFoundError(
+  raise errors.CheckpointError(
       f"config.restore_from={source!r}: no checkpoint found (looked for "
       f"{', '.join(candidates[1:])}). Give a run directory written by an sbr job.")

@@ -48,13 +48,23 @@ class MetricWriter:
 
 def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
   """Writes JSON through a temporary file so readers never see half a file."""
+  write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes ``text`` (process 0 only) through a temporary file and a rename."""
   if jax.process_index() != 0:
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=_jsonable)
-  os.replace(tmp, path)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 def _jsonable(x):

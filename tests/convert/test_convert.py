@@ -310,18 +310,35 @@ def test_gguf_unsupported_architecture(tmp_path):
 
 
 def test_load_llm_caches_converted_params(hf_dir, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
   from sbrjax import llm
   from sbrjax.models.lora import LoraConfig
-  model, path = hf_dir
+  model, src = hf_dir
+  path = str(tmp_path / "model")
+  shutil.copytree(src, path)
   cache = str(tmp_path / "params")
   m1, p1, tok = llm.load_llm(path, dtype=jnp.float32, params_cache=cache,
                              tokenizer=False)
   assert tok is None and os.path.isdir(cache)
-  m2, p2, _ = llm.load_llm(path, dtype=jnp.float32, params_cache=cache,
-                           tokenizer=False, lora=LoraConfig(rank=2))
+  from sbrjax.convert import hf_llama as hf_llama_lib  # pylint: disable=g-import-not-at-top
+  real = hf_llama_lib.load_hf_params
+  hf_llama_lib.load_hf_params = None  # the second load must come from the cache
+  try:
+    m2, p2, _ = llm.load_llm(path, dtype=jnp.float32, params_cache=cache,
+                             tokenizer=False, lora=LoraConfig(rank=2))
+  finally:
+    hf_llama_lib.load_hf_params = real
   assert m2.config.lora.rank == 2
   ids = np.random.RandomState(7).randint(0, 96, size=(1, 5))
   np.testing.assert_array_equal(m1.apply({"params": p1}, ids).logits,
                                 m2.apply({"params": p2}, ids).logits)
   np.testing.assert_allclose(np.asarray(m1.apply({"params": p1}, ids).logits),
                              _hf_logits(model, ids), atol=1e-4, rtol=0)
+  # Other weights saved at the same path: converted again, never the stale tree.
+  other = _hf_model(model.config.num_key_value_heads, model.config.tie_word_embeddings,
+                    seed=11)
+  other.save_pretrained(path, safe_serialization=True)
+  m3, p3, _ = llm.load_llm(path, dtype=jnp.float32, params_cache=cache, tokenizer=False)
+  np.testing.assert_allclose(np.asarray(m3.apply({"params": p3}, ids).logits),
+                             _hf_logits(other, ids), atol=1e-4, rtol=0)
+  assert len([d for d in os.listdir(cache) if d != "source.json"]) == 1

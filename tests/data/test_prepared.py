@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from sbrjax import errors
 from sbrjax.data import builders, negatives, prepared, preprocess, rawfiles
 
 
@@ -236,3 +237,54 @@ def test_real_ml100k_from_recbole_wheel_llm4sbr(ml100k_dir):
       2652, 1345, 98_634)
   assert s["num_train"] + s["num_valid"] + s["num_test"] == 98_634 - 2652
   assert d.test.negatives.shape == (len(d.test), 99)
+
+
+# ------------------------------------------------------- raw content keys, bad input
+
+
+def _write_raw(folder, **kw):
+  rows = rawfiles.synthetic_ratings(**{**dict(num_users=30, num_items=40, per_user=12), **kw})
+  rawfiles.write_grouplens_100k(folder, rows, {i: f"Movie {i} (1990)" for i in range(1, 41)})
+  return rows
+
+
+def test_changed_raw_files_are_prepared_again(tmp_path):
+  raw_dir = tmp_path / "raw"
+  _write_raw(raw_dir)
+  first = prepared.load_prepared(_cfg(tmp_path, raw_dir))
+  again = prepared.load_prepared(_cfg(tmp_path, raw_dir))
+  assert again.fingerprint == first.fingerprint  # unchanged bytes: the cache
+  builds = sorted(os.listdir(tmp_path / "data" / "tfds"))
+  assert len(builds) == 2  # one per builder (interactions, items)
+  # The same path, fewer users: a new preparation with the new counts.
+  _write_raw(raw_dir, num_users=25)
+  changed = prepared.load_prepared(_cfg(tmp_path, raw_dir))
+  assert changed.fingerprint != first.fingerprint
+  assert changed.stats["raw_num_actions"] == 25 * 12 != first.stats["raw_num_actions"]
+  assert len(os.listdir(tmp_path / "data" / "tfds")) == 3  # only u.data's builder redone
+  record = json.load(open(next((tmp_path / "data" / "tfds").glob("*/sources.json"))))
+  assert record["files"][0]["sha256"] and record["version"] == "1.0.0"
+
+
+def test_a_malformed_line_added_later_is_read_and_named(tmp_path):
+  raw_dir = tmp_path / "raw"
+  _write_raw(raw_dir)
+  prepared.load_prepared(_cfg(tmp_path, raw_dir))
+  with open(raw_dir / "u.data", "a", encoding="latin-1") as f:
+    f.write("7\tnot-a-number\n")
+  with pytest.raises(errors.DataError, match=r"bad rating row at u\.data:361"):
+    prepared.load_prepared(_cfg(tmp_path, raw_dir))
+
+
+def test_an_empty_ratings_file_is_named(tmp_path):
+  raw_dir = tmp_path / "raw"
+  _write_raw(raw_dir)
+  (raw_dir / "u.data").write_text("")
+  with pytest.raises(errors.DataError, match=r"u\.data: no interactions"):
+    prepared.load_prepared(_cfg(tmp_path, raw_dir))
+
+
+def test_filters_that_empty_the_data_name_the_filter_and_the_file(tmp_path, raw_dir):
+  with pytest.raises(errors.DataError,
+                     match=r"k-core filter \(min_count=500\).*360 interactions.*u\.data"):
+    prepared.load_prepared(_cfg(tmp_path, raw_dir, min_count=500))

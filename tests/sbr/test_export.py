@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sbrjax.train import checkpoints as ckpt_lib
+from sbrjax import errors
 from sbrjax.sbr import export
 from sbrjax import pipeline
 from sbrjax.data import graphs as graphs_lib
@@ -75,20 +76,20 @@ def test_exported_reps_equal_direct_apply_and_ignore_batch_size(trained):
 
 def test_bad_run_dirs_and_inputs_raise(trained, tmp_path):
   workdir, _ = trained
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises(errors.CheckpointError, match="does not exist"):
     export.load_backbone(str(tmp_path / "nope"))
   empty = tmp_path / "empty"
   empty.mkdir()
-  with pytest.raises(FileNotFoundError, match="config.json"):
+  with pytest.raises(errors.CheckpointError, match="config.json"):
     export.load_backbone(str(empty))
   (empty / "config.json").write_text("{not json")
-  with pytest.raises(ValueError, match="not valid JSON"):
+  with pytest.raises(errors.CheckpointError, match="not valid JSON"):
     export.load_backbone(str(empty))
   (empty / "config.json").write_text(json.dumps({"data": {"max_len": 8}}))
-  with pytest.raises(ValueError, match="'sbr' section"):
+  with pytest.raises(errors.CheckpointError, match="'sbr' section"):
     export.load_backbone(str(empty))
   shutil.copy(os.path.join(workdir, "config.json"), empty / "config.json")
-  with pytest.raises(FileNotFoundError, match="sbr/best"):
+  with pytest.raises(errors.CheckpointError, match="sbr/best"):
     export.load_backbone(str(empty))
 
   # A config.json that disagrees with the checkpoint (wrong width) is refused.

@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
+import os
 import pathlib
+import tempfile
 from typing import Optional
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sbrjax.data import digest
 from sbrjax.data import raw
 
 FILE_FORMAT = "array_record"
@@ -156,38 +160,90 @@ def versions(dataset: str) -> dict:
   return {cls.name: str(cls.VERSION) for cls in builder_classes(dataset)}
 
 
+def _builder(cls, variant: str, tfds_dir: str, options: RawOptions):
+  return cls(data_dir=tfds_dir, config=variant, file_format=FILE_FORMAT, raw_options=options)
+
+
+def _options(dataset: str, variant: str, data_dir: pathlib.Path,
+             options: Optional[RawOptions]) -> RawOptions:
+  options = options or RawOptions()
+  if not options.download_dir:
+    options = dataclasses.replace(
+        options, download_dir=str(data_dir / "downloads" / dataset / variant))
+  return options
+
+
+def raw_sources(dataset: str, variant: str, data_dir,
+                options: Optional[RawOptions] = None) -> dict:
+  """The raw files each builder reads, with their digests, and a combined key.
+
+  Resolves (and, where allowed, downloads) the files without building
+  anything. File digests are memoised by path, size and mtime in
+  ``<data_dir>/digests.json``, so a large unchanged file is hashed once.
+
+  Returns:
+    ``{"builders": {builder name: {"version", "files": [{"path", "size",
+    "sha256"}], "key"}}, "key": digest of everything}``.
+  """
+  data_dir = pathlib.Path(data_dir)
+  if variant not in variants(dataset):
+    raise ValueError(f"Unsupported variant {variant!r} for {dataset}; choose "
+                     f"one of {variants(dataset)}")
+  options = _options(dataset, variant, data_dir, options)
+  memo = data_dir / "digests.json"
+  out = {}
+  for cls in builder_classes(dataset):
+    b = _builder(cls, variant, str(data_dir / "tfds"), options)
+    files = [{"path": str(pathlib.Path(p).resolve()), "size": os.path.getsize(p),
+              "sha256": digest.file_digest(p, memo_path=memo)} for p in b.raw_files()]
+    desc = {"builder": cls.name, "version": str(cls.VERSION), "variant": variant,
+            "files": [{"name": pathlib.Path(f["path"]).name, "sha256": f["sha256"]}
+                      for f in files]}
+    out[cls.name] = {"version": str(cls.VERSION), "files": files,
+                     "key": digest.tree_digest(desc)}
+  return {"builders": out, "key": digest.tree_digest({k: v["key"] for k, v in out.items()})}
+
+
 def load_canonical(dataset: str, variant: str, data_dir,
-                   options: Optional[RawOptions] = None) -> CanonicalData:
-  """Builds (once) and reads both builders of ``dataset/variant``.
+                   options: Optional[RawOptions] = None,
+                   sources: Optional[dict] = None) -> CanonicalData:
+  """Builds (once per raw content) and reads both builders of ``dataset/variant``.
+
+  Each builder's tfds files live in ``<data_dir>/tfds/<key>/``, where the key
+  digests the builder, its version and the bytes of the raw files it reads,
+  recorded in ``sources.json`` there: changed raw files are parsed again,
+  unchanged ones reuse the earlier build.
 
   Args:
     dataset: "movielens" or "amazon".
     variant: a builder config name (see ``variants``).
     data_dir: root folder; tfds data lives in ``<data_dir>/tfds``.
     options: raw file lookup; default: downloads into ``<data_dir>/downloads``.
+    sources: ``raw_sources(...)`` when the caller has it already.
 
   Returns:
-    The canonical arrays.
+    The canonical arrays; ``versions`` includes the raw key.
   """
   data_dir = pathlib.Path(data_dir)
   inter_cls, item_cls = builder_classes(dataset)
-  if variant not in variants(dataset):
-    raise ValueError(f"Unsupported variant {variant!r} for {dataset}; choose "
-                     f"one of {variants(dataset)}")
-  options = options or RawOptions()
-  if not options.download_dir:
-    options = dataclasses.replace(
-        options, download_dir=str(data_dir / "downloads" / dataset / variant))
-  tfds_dir = str(data_dir / "tfds")
-  sources = {}
+  options = _options(dataset, variant, data_dir, options)
+  sources = sources or raw_sources(dataset, variant, data_dir, options)
+  built = {}
   for cls in (inter_cls, item_cls):
-    b = cls(data_dir=tfds_dir, config=variant, file_format=FILE_FORMAT,
-            raw_options=options)
+    info = sources["builders"][cls.name]
+    tfds_dir = data_dir / "tfds" / info["key"]
+    b = _builder(cls, variant, str(tfds_dir), options)
     b.download_and_prepare()
-    sources[cls] = b.as_data_source()["train"]
-
-  user_recs = sorted((sources[inter_cls][i] for i in
-                      range(len(sources[inter_cls]))),
+    record = tfds_dir / "sources.json"
+    if not record.exists():
+      fd, tmp = tempfile.mkstemp(dir=tfds_dir, suffix=".tmp")
+      with os.fdopen(fd, "w") as f:
+        json.dump(info, f, indent=2)
+      os.replace(tmp, record)
+    built[cls] = b.as_data_source()["train"]
+  sources_by_cls = built
+  user_recs = sorted((sources_by_cls[inter_cls][i] for i in
+                      range(len(sources_by_cls[inter_cls]))),
                      key=lambda r: int(r["user_order"]))
   lengths = np.array([len(r["timestamps"]) for r in user_recs], np.int64)
   users = np.repeat(np.arange(len(user_recs), dtype=np.int64), lengths)
@@ -197,8 +253,8 @@ def load_canonical(dataset: str, variant: str, data_dir,
                         for r in user_recs])
         if user_recs else np.zeros(0, np.int64))
 
-  item_recs = sorted((sources[item_cls][i] for i in
-                      range(len(sources[item_cls]))),
+  item_recs = sorted((sources_by_cls[item_cls][i] for i in
+                      range(len(sources_by_cls[item_cls]))),
                      key=lambda r: int(r["item_order"]))
   base = set(item_base_features())
   extra = [{k: _decode_value(v) for k, v in r.items() if k not in base}
@@ -212,7 +268,7 @@ def load_canonical(dataset: str, variant: str, data_dir,
       item_placeholder=np.array([bool(r["text_is_placeholder"])
                                  for r in item_recs], bool),
       item_extra=extra,
-      versions=versions(dataset))
+      versions={**versions(dataset), "raw": sources["key"]})
 
 
 def _decode_value(v):
@@ -244,6 +300,10 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(**kwargs)
 
   def _features(self) -> tfds.features.FeaturesDict:
+    raise NotImplementedError
+
+  def raw_files(self) -> list:
+    """Paths of the raw files this builder reads (resolved, downloaded if allowed)."""
     raise NotImplementedError
 
   def _info(self) -> tfds.core.DatasetInfo:

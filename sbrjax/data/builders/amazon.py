@@ -56,10 +56,13 @@ class Amazon(SourceBuilder, skip_registration=True):
   def _features(self):
     return interaction_features()
 
-  def _generate_examples(self):
+  def raw_files(self):
     reviews, _ = FILES[self.builder_config.name]
-    path = self._resolve([reviews])[reviews]
-    yield from user_examples(raw.parse_amazon_reviews(path))
+    return [self._resolve([reviews])[reviews]]
+
+  def _generate_examples(self):
+    path = self.raw_files()[0]
+    yield from user_examples(raw.require_interactions(raw.parse_amazon_reviews(path), path))
 
 
 class AmazonItems(SourceBuilder, skip_registration=True):
@@ -75,9 +78,12 @@ class AmazonItems(SourceBuilder, skip_registration=True):
                  "description": tfds.features.Text()})
     return tfds.features.FeaturesDict(spec)
 
-  def _generate_examples(self):
+  def raw_files(self):
     _, meta = FILES[self.builder_config.name]
-    path = self._resolve([meta])[meta]
+    return [self._resolve([meta])[meta]]
+
+  def _generate_examples(self):
+    path = self.raw_files()[0]
     yield from item_examples(
         raw.parse_amazon_meta(path),
         lambda it: {"title": it.extra["title"],

@@ -102,9 +102,13 @@ class Movielens(SourceBuilder, skip_registration=True):
   def _features(self):
     return interaction_features()
 
+  def raw_files(self):
+    return [_files(self)[0]]
+
   def _generate_examples(self):
     ratings_path, _, parse_ratings, _ = _files(self)
-    yield from user_examples(parse_ratings(ratings_path))
+    yield from user_examples(raw.require_interactions(parse_ratings(ratings_path),
+                                                      ratings_path))
 
 
 class MovielensItems(SourceBuilder, skip_registration=True):
@@ -119,6 +123,9 @@ class MovielensItems(SourceBuilder, skip_registration=True):
     spec.update({"year": tfds.features.Text(),
                  "genres": tfds.features.Sequence(tfds.features.Text())})
     return tfds.features.FeaturesDict(spec)
+
+  def raw_files(self):
+    return [_files(self)[1]]
 
   def _generate_examples(self):
     _, items_path, _, parse_items = _files(self)
