@@ -31,7 +31,11 @@ class SBRConfig:
     gnn_steps: gated-GNN propagation steps (shared weights).
     dropout: dropout rate on the input item embeddings of the graph nodes
       (NISER+'s item dropout; 0 reproduces SR-GNN, GC-SAN and TAGNN, whose
-      reference code has no embedding dropout).
+      reference code has no embedding dropout) or of the clicks (sequence
+      backbones: NARM's embedding dropout).
+    hidden_dropout: dropout on the session vector just before the item
+      scores (GRU4Rec's hidden-layer dropout, NARM's dropout on [c_g; c_l],
+      Caser's dropout on the convolution outputs); unused by the others.
     gcsan_blocks: number of GC-SAN self-attention blocks.
     gcsan_heads: attention heads (must divide ``embed_dim``; the paper uses 1).
     gcsan_ffn_dim: inner width of the point-wise FFN (None: ``embed_dim``).
@@ -43,6 +47,12 @@ class SBRConfig:
     tagnn_item_chunk: if > 0, TAGNN computes its target-aware scores over
       item chunks of this size (lax.map) to bound memory at
       O(B * chunk * L) instead of O(B * I * L).
+    caser_len: Caser's L, the number of most recent clicks its convolutions
+      read (shorter sessions are zero-padded at the old end).
+    caser_h_filters: Caser's n_h, horizontal filters per height 1..L.
+    caser_v_filters: Caser's n_v, vertical filters.
+    stamp_add_mean: STAMP's h_s reads m_a + m_s (the official code and
+      RecBole) instead of the paper's m_a.
     dtype: computation dtype (parameters stay float32; logits are float32).
   """
 
@@ -51,6 +61,7 @@ class SBRConfig:
   embed_dim: int = 100
   gnn_steps: int = 1
   dropout: float = 0.0
+  hidden_dropout: float = 0.0
   gcsan_blocks: int = 1
   gcsan_heads: int = 1
   gcsan_ffn_dim: Optional[int] = None
@@ -59,6 +70,10 @@ class SBRConfig:
   niser_scale: float = 12.0
   niser_max_len: int = 50
   tagnn_item_chunk: int = 0
+  caser_len: int = 5
+  caser_h_filters: int = 16
+  caser_v_filters: int = 4
+  stamp_add_mean: bool = False
   dtype: Any = jnp.float32
 
 
@@ -66,9 +81,15 @@ class SBRConfig:
 class SBROutput:
   """What a backbone computes for one batch.
 
+  Graph backbones are described here; the sequence backbones
+  (``sbrjax.models.sequence``) fill the same fields as their docstrings say.
+
   Attributes:
-    item_embeddings: [I, D] the scoring table (L2-normalised for NISER+).
-    node_states: [N_pad, D] node states after the gated GNN.
+    item_embeddings: [I, D] the scoring table (L2-normalised for NISER+);
+      ``logits = final . item_embeddings^T`` except where a backbone adds
+      a term (TAGNN's target-aware term, GRU4Rec's and Caser's item bias).
+    node_states: [N_pad, D] node states after the gated GNN (sequence
+      backbones: rows of ``item_embeddings`` of the graph's nodes).
     seq_states: [B, L, D] states of the clicks in order (with NISER+'s
       position embeddings added); rows past ``lengths`` are padding.
     local: [B, D] last-click state s_l as used by the readout.

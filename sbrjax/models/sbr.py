@@ -1,5 +1,8 @@
 """Graph session-based recommendation backbones: SR-GNN, GC-SAN, NISER+, TAGNN.
 
+``create_model`` also builds the sequence backbones of
+``sbrjax.models.sequence`` (FPMC, Caser, GRU4Rec, NARM, STAMP).
+
 Every backbone reads a ``sbrjax.data.graphs.GraphBatch`` and returns an
 ``SBROutput``. Shared conventions:
 
@@ -33,9 +36,10 @@ import jax.numpy as jnp
 from sbrjax.models.backbone import (SBRConfig, SBROutput, click_mask,  # noqa: F401
                                     l2_normalize, last_click, masked_softmax)
 from sbrjax.models.backbone import dense as _dense
+from sbrjax.models import sequence
 from sbrjax.models.gnn import GatedGNN, uniform_init
 
-BACKBONES = ("srgnn", "gcsan", "niser", "tagnn")
+BACKBONES = ("srgnn", "gcsan", "niser", "tagnn") + sequence.BACKBONES
 
 
 class SoftAttentionReadout(nn.Module):
@@ -289,7 +293,8 @@ class TAGNN(SRGNN):
     return out.replace(logits=logits)
 
 
-_MODELS = {"srgnn": SRGNN, "gcsan": GCSAN, "niser": NISER, "tagnn": TAGNN}
+_MODELS = {"srgnn": SRGNN, "gcsan": GCSAN, "niser": NISER, "tagnn": TAGNN,
+           **sequence.MODELS}
 
 
 def create_model(cfg: SBRConfig) -> nn.Module:
