@@ -268,12 +268,17 @@ def test_dropout_acts_only_in_training_and_where_the_model_has_it(name, has_drop
 
 def test_bad_configs_name_the_key():
   batch = make_batch(GRAPHS, np.arange(2), 2)
+
+  def build(name, **kw):  # setup runs (and checks) when the module is traced
+    model = create_model(config(name, **kw))
+    jax.eval_shape(model.init, jax.random.key(0), batch)
+
   with pytest.raises(ValueError, match="embed_dim=7 .* even"):
-    init("fpmc", batch, embed_dim=7)
+    build("fpmc", embed_dim=7)
   with pytest.raises(ValueError, match="SBRConfig.caser_len >= 1"):
-    init("caser", batch, caser_len=0)
+    build("caser", caser_len=0)
   with pytest.raises(ValueError, match=r"SBRConfig.hidden_dropout=1.0 must be in \[0, 1\)"):
-    init("gru4rec", batch, hidden_dropout=1.0)
+    build("gru4rec", hidden_dropout=1.0)
   assert set(SEQUENCE) <= set(BACKBONES)
 
 
