@@ -1,4 +1,10 @@
-"""Training throughput of the graph SBR backbones on ml-100k (LLMGR protocol).
+"""Training throughput of the SBR backbones on ml-100k (LLMGR protocol).
+
+Every backbone registered in ``sbrjax.models.sbr.BACKBONES`` (graph and
+sequence) runs by default; ``--models`` picks some. A backbone's own settings
+(dropouts, Caser's L, GC-SAN's blocks, ...) come from the ``sbr`` section of
+``configs/<name>_ml100k.py`` where that file exists (else the base config);
+``--batch`` and ``--embed`` override batch size and width for all.
 
 For each backbone: the jitted train step of ``sbrjax.sbr.train`` (the same
 function the trainer runs: donated state, Adam + L2) is compiled once, then
@@ -17,12 +23,14 @@ function the trainer runs: donated state, Adam + L2) is compiled once, then
 The machine may be shared: the 1-minute load average is printed before and
 after, and every time is a median. Prints one JSON object.
 
-  python benchmarks/bench_sbr.py            # batch 1024, embed 64, ~2-3 min
+  python benchmarks/bench_sbr.py            # batch 1024, embed 64, every backbone
+  python benchmarks/bench_sbr.py --models=srgnn,gru4rec
   python benchmarks/bench_sbr.py --quick    # smoke run, no full epoch
 """
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -40,13 +48,23 @@ from sbrjax.sbr import train as train_sbr
 from sbrjax.train import optim
 
 
-def bench_backbone(backbone, data, graphs, args):
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def backbone_config(backbone, args):
+  """The base config with the backbone's ``sbr`` section from its ml-100k config file."""
   cfg = config_lib.base_config(locked=False)
+  path = os.path.join(CONFIGS, f"{backbone}_ml100k.py")
+  if os.path.exists(path):
+    cfg.sbr = config_lib.load_config_file(path).sbr
   cfg.sbr.backbone = backbone
   cfg.sbr.embed_dim = args.embed
-  if backbone == "gcsan":
-    cfg.sbr.gcsan_dropout = 0.2
   cfg.train.batch_size = args.batch
+  return cfg
+
+
+def bench_backbone(backbone, data, graphs, args):
+  cfg = backbone_config(backbone, args)
   sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
   model = sbr_lib.create_model(sbr_cfg)
   bs = args.batch
@@ -111,8 +129,13 @@ def main():
   parser.add_argument("--batch", type=int, default=None, help="default 1024 (quick: 256)")
   parser.add_argument("--embed", type=int, default=64)
   parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10)")
-  parser.add_argument("--models", default="srgnn,gcsan")
+  parser.add_argument("--models", default=",".join(sbr_lib.BACKBONES),
+                      help="comma-separated backbones (default: every registered one)")
   args = parser.parse_args()
+  unknown = [m for m in args.models.split(",") if m not in sbr_lib.BACKBONES]
+  if unknown:
+    parser.error(f"--models: unknown backbone(s) {', '.join(unknown)}; choose from "
+                 f"{', '.join(sbr_lib.BACKBONES)}")
   args.batch = args.batch or (256 if args.quick else 1024)
   args.steps = args.steps or (3 if args.quick else 10)
 

@@ -56,18 +56,23 @@ def base_config(locked: bool = True) -> ml_collections.ConfigDict:
   data.manual_dir = ""              # directory holding raw files downloaded by hand
   data.download = True              # try the public URLs when raw files are absent
 
-  # ---- Graph SBR backbone.
+  # ---- SBR backbone (sbrjax.models.sbr.create_model; fields of SBRConfig).
   config.sbr = sbr = ml_collections.ConfigDict()
-  sbr.backbone = "srgnn"            # srgnn | gcsan | niser | tagnn
+  sbr.backbone = "srgnn"            # srgnn | gcsan | niser | tagnn | fpmc | caser | gru4rec | narm | stamp
   sbr.embed_dim = 100
   sbr.gnn_steps = 1
-  sbr.dropout = 0.0                 # item-embedding dropout (NISER+); 0 in SR-GNN/GC-SAN
+  sbr.dropout = 0.0                 # item-embedding dropout (NISER+, NARM); 0 in SR-GNN/GC-SAN
+  sbr.hidden_dropout = 0.0          # dropout on the session vector before scoring (GRU4Rec, NARM, Caser)
   sbr.gcsan_blocks = 1
   sbr.gcsan_heads = 1
   sbr.gcsan_weight = 0.6
   sbr.gcsan_dropout = 0.0           # attention/FFN dropout of GC-SAN's blocks
   sbr.niser_scale = 12.0
   sbr.tagnn_item_chunk = 0          # >0: TAGNN target-aware scores over item chunks (memory)
+  sbr.caser_len = 5                 # Caser's L: most recent clicks its convolutions read (paper: 5)
+  sbr.caser_h_filters = 16          # Caser's n_h: horizontal filters per height 1..L (paper: 16)
+  sbr.caser_v_filters = 4           # Caser's n_v: vertical filters (paper: 4)
+  sbr.stamp_add_mean = False        # STAMP: h_s from m_a + m_s (official code, RecBole) not m_a (paper)
 
   # ---- Optimisation (SR-GNN paper defaults: Adam 1e-3, x0.1 every 3 epochs, L2 1e-5).
   config.train = train = ml_collections.ConfigDict()

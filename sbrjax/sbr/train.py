@@ -1,4 +1,4 @@
-"""Training and evaluation of a graph SBR backbone (SR-GNN, GC-SAN, NISER, TAGNN).
+"""Training and evaluation of an SBR backbone (graph or sequence; ``sbr.create_model``).
 
 ``train_and_evaluate(config, workdir)`` prepares the data, trains with early
 stopping on the validation split, restores the best epoch and scores the

@@ -153,8 +153,8 @@ def test_interrupted_save_leaves_previous_checkpoint_usable(tiny_config, tmp_pat
 
 
 def test_unknown_backbone_is_refused(tiny_config, tmp_path):
-  tiny_config.sbr.backbone = "gru4rec"
-  with pytest.raises(ValueError, match="Unsupported backbone: 'gru4rec'"):
+  tiny_config.sbr.backbone = "nope"
+  with pytest.raises(ValueError, match="Unsupported backbone: 'nope'"):
     train_sbr.train_and_evaluate(tiny_config, str(tmp_path / "run"))
 
 
