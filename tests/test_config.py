@@ -1,11 +1,13 @@
 """Config files: every section rejects keys it does not have."""
 
 import os
+import re
 
 import ml_collections
 import pytest
 
 from sbrjax import config as config_lib
+from sbrjax import errors
 from sbrjax.llm4sbr import config as llm4sbr_config
 from sbrjax.llmgr import config as llmgr_config
 
@@ -39,7 +41,8 @@ def test_a_misspelled_key_in_a_config_file_fails(tmp_path, builder, section):
                   f"  config = {func}()\n"
                   f"  {section}.lerning_rate = 1e-3\n"
                   f"  return config\n")
-  with pytest.raises(AttributeError, match="lerning_rate"):
+  with pytest.raises(errors.ConfigError,
+                     match=rf"typo.py:5: .*{re.escape(section)} has no key 'lerning_rate'"):
     config_lib.load_config_file(str(path))
 
 
