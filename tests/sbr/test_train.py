@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from sbrjax import errors
 from sbrjax.data import graphs as graphs_lib
 from sbrjax.data import prepared
 from sbrjax.models import sbr as sbr_lib
@@ -160,7 +161,7 @@ def test_unknown_backbone_is_refused(tiny_config, tmp_path):
 
 def test_restore_from_missing_directory_is_explained(tiny_config, tmp_path):
   tiny_config.restore_from = str(tmp_path / "nowhere")
-  with pytest.raises(FileNotFoundError, match="config.restore_from"):
+  with pytest.raises(errors.CheckpointError, match="config.restore_from"):
     train_sbr.train_and_evaluate(tiny_config, str(tmp_path / "run"))
 
 
