@@ -10,7 +10,12 @@ Three edges of the LLM4SBR pipeline live here:
   with a JSON sidecar (``<name>.json``) recording where they came from. They
   are written to temporary names and moved into place (sidecar last), so a
   crash never leaves an array that loads as valid. ``load_intent_array``
-  memory-maps and refuses arrays that do not match the run.
+  memory-maps and refuses arrays that do not match the run. Localized
+  arrays (f > 0) keep the chosen items beside them: ``<name>.topf_ids.npy``
+  (int32 [sessions, perspectives, f], most similar first) and
+  ``<name>.topf_weights.npy`` (float32, the softmax weights of eq. 3), named
+  in the sidecar under ``"localized"`` (``load_localized`` reads them); with
+  f = 0 the sidecar's ``"localized"`` is null and says why.
 * ``import_string_embeddings``: the released LLM4SBR code's format, one
   embedding per row stored as a stringified list (``"[0.1, -0.2, ...]"`` or
   the ``"[[...]]"`` that ``str(tensor[1, d].tolist())`` gives).
@@ -193,6 +198,11 @@ class IntentArrayWriter:
                                             dtype=np.float32,
                                             shape=self.shape)
     self._written = np.zeros(self.shape[0], bool)
+    self._localized = None  # (tmp ids, tmp weights, final ids, final weights)
+    self.meta["localized"] = None
+    self.meta["localized_note"] = ("no localized item ids were recorded (f = 0 keeps the "
+                                   "raw intent embeddings)" if int(f) == 0 else
+                                   "no localized item ids were recorded")
 
   def write(self, start: int, block) -> None:
     """Writes rows ``start : start + len(block)``; block is [k, P, d]."""
@@ -213,8 +223,31 @@ class IntentArrayWriter:
     self._array[start:end] = block
     self._written[start:end] = True
 
+  def attach_localized(self, ids, weights) -> None:
+    """Records the top-f item ids [N, P, f] and weights beside the array."""
+    ids = np.asarray(ids)
+    weights = np.asarray(weights, np.float32)
+    f = int(self.meta["f"])
+    want = self.shape[:2] + (f,)
+    if ids.shape != want or weights.shape != want:
+      raise ValueError(f"{self.path}: localized ids {ids.shape} / weights "
+                       f"{weights.shape}, expected {want}")
+    if f == 0:
+      return
+    tag = f".tmp-{os.getpid()}"
+    names = (localized_paths(self.path))
+    tmps = tuple(p.with_name(p.name + tag) for p in names)
+    with open(tmps[0], "wb") as fh:
+      np.save(fh, ids.astype(np.int32))
+    with open(tmps[1], "wb") as fh:
+      np.save(fh, weights)
+    self._localized = tmps + names
+    self.meta["localized"] = {"ids": names[0].name, "weights": names[1].name}
+    self.meta["localized_note"] = ("top-f items of eq. 3 per row and perspective, most "
+                                   "similar first; weights = softmax of their cosines")
+
   def commit(self) -> pathlib.Path:
-    """Flushes and moves array then sidecar into place."""
+    """Flushes and moves array (and localized ids) then sidecar into place."""
     if not self._written.all():
       row = int(np.argmin(self._written))
       raise ValueError(f"{self.path}: row {row} (session "
@@ -224,18 +257,22 @@ class IntentArrayWriter:
     with open(self._tmp_meta, "w") as f:
       json.dump(self.meta, f)
     side = sidecar_path(self.path)
-    # Drop the old sidecar first: between the two renames the new array has
-    # no sidecar and is refused, never paired with stale metadata.
+    # Drop the old sidecar first: between the renames the new array has no
+    # sidecar and is refused, never paired with stale metadata.
     if side.exists():
       os.remove(side)
     os.replace(self._tmp, self.path)
+    if self._localized is not None:
+      os.replace(self._localized[0], self._localized[2])
+      os.replace(self._localized[1], self._localized[3])
     os.replace(self._tmp_meta, side)
     return self.path
 
   def discard(self) -> None:
     if hasattr(self, "_array"):
       del self._array
-    for p in (self._tmp, self._tmp_meta):
+    extra = self._localized[:2] if self._localized else ()
+    for p in (self._tmp, self._tmp_meta) + tuple(extra):
       if p.exists():
         os.remove(p)
 
@@ -248,6 +285,42 @@ class IntentArrayWriter:
     else:
       self.discard()
     return False
+
+
+def localized_paths(path: PathLike) -> Tuple[pathlib.Path, pathlib.Path]:
+  """``x.npy`` -> (``x.topf_ids.npy``, ``x.topf_weights.npy``)."""
+  path = pathlib.Path(path)
+  stem = path.name[:-4] if path.suffix == ".npy" else path.name
+  return (path.with_name(stem + ".topf_ids.npy"),
+          path.with_name(stem + ".topf_weights.npy"))
+
+
+def load_localized(path: PathLike) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+  """(ids int32 [N, P, f], weights float32 [N, P, f]) of an intent array.
+
+  None when its sidecar records none (f = 0).
+
+  Raises:
+    FileNotFoundError / ValueError: a named file is missing or its shape
+      disagrees with the sidecar.
+  """
+  side = sidecar_path(path)
+  with open(side) as f:
+    meta = json.load(f)
+  loc = meta.get("localized")
+  if not loc:
+    return None
+  want = tuple(meta["shape"][:2]) + (int(meta["f"]),)
+  out = []
+  for key, dtype in (("ids", np.int32), ("weights", np.float32)):
+    file = pathlib.Path(path).with_name(loc[key])
+    if not file.is_file():
+      raise FileNotFoundError(f"{file}: localized {key} named in {side} are missing")
+    arr = np.load(file, mmap_mode="r")
+    if arr.shape != want or arr.dtype != dtype:
+      raise ValueError(f"{file}: {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {want}")
+    out.append(arr)
+  return out[0], out[1]
 
 
 def write_intent_array(path: PathLike, values, **meta) -> pathlib.Path:
@@ -400,21 +473,29 @@ def build_intent_array(path: PathLike, texts: Mapping[str, Mapping[str, str]],
   if f > 0 and item_embeddings is None:
     raise ValueError("item_embeddings are required when f > 0")
   writer = None
+  if f > 0:
+    f = min(f, len(item_embeddings))  # localize clamps f to the catalog
+  p = len(perspectives)
+  ids = np.zeros((len(sessions), p, f), np.int32)
+  weights = np.zeros((len(sessions), p, f), np.float32)
   try:
     for start in range(0, len(sessions), block_rows):
       rows = sessions[start:start + block_rows]
-      flat = [texts[s][p] for s in rows for p in perspectives]
+      flat = [texts[s][q] for s in rows for q in perspectives]
       emb = np.asarray(encode_fn(flat), np.float32)  # [k * P, d]
       if f > 0:
-        emb = localize_lib.localize(emb, item_embeddings, f)
+        emb, top, w = localize_lib.localize(emb, item_embeddings, f, return_ids=True)
+        ids[start:start + len(rows)] = top.reshape(len(rows), p, f)
+        weights[start:start + len(rows)] = w.reshape(len(rows), p, f)
       if writer is None:
         writer = IntentArrayWriter(
             path, sessions=sessions, perspectives=perspectives,
             dim=emb.shape[1], dataset=dataset, split=split, encoder=encoder,
             f=f, fingerprint=fingerprint)
-      writer.write(start, emb.reshape(len(rows), len(perspectives), -1))
+      writer.write(start, emb.reshape(len(rows), p, -1))
     if writer is None:
       raise ValueError("no sessions to encode")
+    writer.attach_localized(ids, weights)
     return writer.commit()
   except BaseException:
     if writer is not None:
