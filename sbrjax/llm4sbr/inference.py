@@ -1,12 +1,13 @@
 """LLM4SBR stage 1: intent inference, cached texts, intent arrays per split.
 
-What a "session" is here: the ``llm4sbr`` data protocol prefix-augments
-every session, so a split holds one *example row* per prefix
-``[v1..vk] -> v(k+1)``; ``split.users[i]`` is the session the row came from.
-The model needs an intent for every row (a row sees only its own prefix, so
-intents of longer prefixes would leak the target), hence intents are keyed
-by ``(split, row, perspective)`` and the intent array's row ``i`` belongs to
-example ``i``; the sidecar's "session" ids are the row indices as strings.
+What a "session" is here: the ``llm4sbr`` data protocol gives one example
+row per session (``data.augmentation="last"``, MovieLens by default) or one
+per prefix ``[v1..vk] -> v(k+1)`` (``"prefixes"``, Amazon); ``split.users[i]``
+is the session row ``i`` came from. The model needs an intent for every row
+(a row sees only its own prefix, so intents of longer prefixes would leak
+the target), hence intents are keyed by ``(split, row, perspective)`` and the
+intent array's row ``i`` belongs to example ``i``; the sidecar's "session"
+ids are the row indices as strings.
 
 Flow, each step resumable and cached on disk:
 
@@ -26,8 +27,13 @@ Flow, each step resumable and cached on disk:
    ``intents.read_intent_texts``);
 3. arrays: texts and item titles embedded by the text encoder (MiniLM),
    localized onto the catalog with the f most similar items (eqs. 3-4) and
-   written by ``intents.build_intent_array`` as float32 [rows, P, d_text],
-   keyed by the prepared data's fingerprint.
+   written by ``intents.build_intent_array`` as float32 [rows, P, d_text]
+   with the chosen items' ids and weights beside them.
+
+Every cache is keyed by digests of what it was computed from (``text_key``,
+``array_key``, the item-embedding key; ``sbrjax.data.digest``) and records
+that key as ``key.json``: a replaced LLM file, changed imported texts or
+another encoder give a new key and a rebuild, never a stale reuse.
 
 ``restrict_data`` implements the documented data reduction used when
 generation for every row does not fit the budget (a seeded fraction of

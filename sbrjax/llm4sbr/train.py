@@ -175,6 +175,17 @@ def init_params(model, batch, seed: int, fused: bool):
   return {"sbr": model.init(rngs, gb, deterministic=True)["params"]}
 
 
+def prune_unused(model, params, batch, seed: int, fused: bool):
+  """(params without the leaves the fused model never reads, {path: (shape, dtype)}).
+
+  The plain backbone reads all of its parameters: nothing is pruned.
+  """
+  if not fused:
+    return params, {}
+  unused = leaf_shapes(params, llm4sbr_lib.unused_parameters(model, params, batch[0], seed))
+  return llm4sbr_lib.prune(params, unused), unused
+
+
 def leaf_shapes(params, paths) -> Dict[str, Any]:
   """{path: (shape, dtype)} of the leaves at ``paths``."""
   flat = {labels_lib.path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
@@ -252,10 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     params["sbr"] = train_sbr.restore_backbone(
         config.restore_from, {"sbr": params["sbr"]},
         train_sbr.signature(sbr_cfg, data.fingerprint))["sbr"]
-  unused: Dict[str, Any] = {}
-  if fused:  # the backbone's W3 and anything else the fused model never reads
-    unused = leaf_shapes(params, llm4sbr_lib.unused_parameters(model, params, first[0], seed))
-    params = llm4sbr_lib.prune(params, unused)
+  # The backbone's W3 and anything else the fused model never reads.
+  params, unused = prune_unused(model, params, first, seed, fused)
   forward = make_forward(model, cfg, unused)
   sig = {"model": f"llm4sbr/{sbr_cfg.backbone}" if fused else f"sbr/{sbr_cfg.backbone}",
          "variant": variant, "num_items": sbr_cfg.num_items,
