@@ -54,9 +54,6 @@ def llm4sbr_config() -> ml_collections.ConfigDict:
   m.intent_control = "none"
   m.f = 5                    # localization width (0: raw intent embeddings)
   m.tau = 0.1                # weight of alignment + uniformity
-  # Eq. 6: "shared" = one W1 (and b1) for every perspective, as the paper and
-  # its code; "per_perspective" = one each (beyond the paper).
-  m.w1 = "shared"
   m.uniformity_t = 2.0       # t in log E exp(-t ||x - x'||^2) (DirectAU)
   # Prompts and generation.
   m.prompt_max_items = 20    # most recent clicks listed in a prompt

@@ -7,8 +7,7 @@ catalog in stage 1):
 
   * eq. 6: one projection ``W1`` (with bias ``b1``), shared by the
     perspectives as the paper writes it and as the released code has it
-    (``fusion/w1``): ``e_p = W1 x_p + b1`` [B, D]. ``w1="per_perspective"``
-    (beyond the paper) gives each perspective its own (``fusion/w1_<p>``);
+    (``fusion/w1``): ``e_p = W1 x_p + b1`` [B, D];
   * alignment + uniformity (DirectAU, Wang et al. 2022) pull the text view
     towards the ID view per perspective: long-term intent <-> global rep,
     short-term intent <-> local rep (``PAIRED_VIEW``);
@@ -70,7 +69,6 @@ from sbrjax.train import labels as labels_lib
 from sbrjax.train import losses
 
 PAIRED_VIEW = {"long_term": "global_", "short_term": "local"}
-W1_MODES = ("shared", "per_perspective")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +82,6 @@ class LLM4SBRConfig:
       each must be a key of ``PAIRED_VIEW``.
     tau: weight of the alignment + uniformity terms.
     uniformity_t: temperature t of the uniformity loss.
-    w1: "shared" (eq. 6, one W1 for every perspective) or "per_perspective"
-      (beyond the paper: one W1 each).
   """
 
   sbr: sbr_lib.SBRConfig
@@ -93,7 +89,6 @@ class LLM4SBRConfig:
   perspectives: Tuple[str, ...] = ("long_term", "short_term")
   tau: float = 0.1
   uniformity_t: float = 2.0
-  w1: str = "shared"
 
   def __post_init__(self):
     if self.sbr.backbone not in sbr_lib.BACKBONES:
@@ -105,8 +100,6 @@ class LLM4SBRConfig:
                        f"keys of {sorted(PAIRED_VIEW)}")
     if self.text_dim < 1:
       raise ValueError(f"text_dim must be >= 1, got {self.text_dim}")
-    if self.w1 not in W1_MODES:
-      raise ValueError(f"config.llm4sbr.w1={self.w1!r}; choose one of {', '.join(W1_MODES)}.")
 
 
 @flax.struct.dataclass
@@ -131,24 +124,20 @@ class LLM4SBROutput:
 
 
 class Fusion(nn.Module):
-  """W1 (eq. 6, shared or per perspective) and W2 over [s_l; s_g; e_1; ...; e_P]."""
+  """W1 (eq. 6, one for every perspective) and W2 over [s_l; s_g; e_1; ...; e_P]."""
 
   dim: int
   text_dim: int
   perspectives: Tuple[str, ...]
-  w1: str = "shared"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, local, global_, intents):
     init = uniform_init(1.0 / self.text_dim**0.5)
-    if self.perspectives and self.w1 == "shared":
+    reps = []
+    if self.perspectives:
       w1 = nn.Dense(self.dim, dtype=self.dtype, kernel_init=init, bias_init=init, name="w1")
       reps = [w1(intents[:, k]) for k in range(len(self.perspectives))]  # P x [B, D]
-    else:
-      reps = [nn.Dense(self.dim, dtype=self.dtype, kernel_init=init, bias_init=init,
-                       name=f"w1_{name}")(intents[:, k])
-              for k, name in enumerate(self.perspectives)]
     parts = [local, global_] + reps
     width = self.dim * len(parts)
     init = uniform_init(1.0 / width**0.5)
@@ -167,7 +156,7 @@ class LLM4SBR(nn.Module):
   def setup(self):
     self.sbr = sbr_lib.create_model(self.cfg.sbr)
     self.fusion = Fusion(self.cfg.sbr.embed_dim, self.cfg.text_dim,
-                         tuple(self.cfg.perspectives), self.cfg.w1, dtype=self.cfg.sbr.dtype)
+                         tuple(self.cfg.perspectives), dtype=self.cfg.sbr.dtype)
 
   def score(self, out: sbr_lib.SBROutput, final: jax.Array, batch) -> jax.Array:
     """float32 [B, I] logits of session vectors ``final`` the backbone's way."""

@@ -76,7 +76,7 @@ def model_config(config, sbr_cfg: sbr_lib.SBRConfig, dim: int) -> llm4sbr_lib.LL
   m = config.llm4sbr
   return llm4sbr_lib.LLM4SBRConfig(sbr=sbr_cfg, text_dim=dim,
                                    perspectives=tuple(m.perspectives), tau=float(m.tau),
-                                   uniformity_t=float(m.uniformity_t), w1=str(m.w1))
+                                   uniformity_t=float(m.uniformity_t))
 
 
 def selection_metric(config) -> str:
@@ -272,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
          "perspectives": list(cfg.perspectives) if fused else [],
          "f": int(config.llm4sbr.f) if fused else -1,
          "intent_control": control if fused else "none",
-         "w1": cfg.w1 if fused else "", "unused": sorted(unused)}
+         "unused": sorted(unused)}
   schedule = optim.make_schedule(config.train, steps_per_epoch,
                                  steps_per_epoch * int(config.train.epochs))
   trainable = ("sbr", "fusion") if fused else ("sbr",)
@@ -321,7 +321,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "intent_control": control if fused else None,
       "f": int(config.llm4sbr.f) if fused else None,
       "tau": float(config.llm4sbr.tau) if fused else None,
-      "w1": cfg.w1 if fused else None,
       # Trained parameters; the backbone's unused ones (W3) are not among them.
       "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(best))),
       "unused_params": {k: list(v[0]) for k, v in unused.items()},

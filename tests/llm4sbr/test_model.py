@@ -30,11 +30,10 @@ def _batch(batch_size=6):
   return graphs_lib.make_batch(graphs, np.arange(5), batch_size)
 
 
-def _cfg(backbone="srgnn", perspectives=("long_term", "short_term"), tau=0.1,
-         w1="shared"):
+def _cfg(backbone="srgnn", perspectives=("long_term", "short_term"), tau=0.1):
   sbr = sbr_lib.SBRConfig(backbone=backbone, num_items=NUM_ITEMS, embed_dim=DIM)
   return llm4sbr_lib.LLM4SBRConfig(sbr=sbr, text_dim=TEXT_DIM,
-                                   perspectives=tuple(perspectives), tau=tau, w1=w1)
+                                   perspectives=tuple(perspectives), tau=tau)
 
 
 def _init(cfg, batch):
@@ -117,9 +116,6 @@ def test_parameter_tree_has_one_shared_w1_and_ablations():
   _, none, _ = _init(_cfg(perspectives=()), batch)
   assert sorted(none["fusion"]) == ["w2"]
   assert none["fusion"]["w2"]["kernel"].shape == (2 * DIM, DIM)
-  # Beyond the paper: one W1 per perspective.
-  _, per, _ = _init(_cfg(w1="per_perspective"), batch)
-  assert sorted(per["fusion"]) == ["w1_long_term", "w1_short_term", "w2"]
 
 
 @pytest.mark.parametrize("backbone", sbr_lib.BACKBONES)
@@ -168,8 +164,6 @@ def test_bad_config_and_intent_shape_are_refused():
     _cfg("sasrec")
   with pytest.raises(ValueError, match="perspectives"):
     _cfg(perspectives=("mid_term",))
-  with pytest.raises(ValueError, match="config.llm4sbr.w1='tied'"):
-    _cfg(w1="tied")
   batch = _batch()
   model, params, _ = _init(_cfg(), batch)
   with pytest.raises(ValueError, match=r"intents must be \[B, 2, 6\]"):
