@@ -317,3 +317,16 @@ def test_restrictions_share_generated_texts(tmp_path):
   assert generated == len(asked_large) and generated + reused == 2 * rows_large
   assert reused >= n_small  # every row of the small restriction is in the large one
   assert s1["cache"] != s2["cache"]  # two data fingerprints, one text pool
+
+
+def test_generation_config_eos_ids_end_decoding(tmp_path):
+  # Qwen2-Instruct ends a chat turn with <|im_end|>, listed in
+  # generation_config.json beside the tokenizer's own eos.
+  cfg = ml_collections.ConfigDict(dict(source="hf", path=str(tmp_path)))
+  assert inference.generation_eos_ids(cfg) == []
+  (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 9]}))
+  assert inference.generation_eos_ids(cfg) == [7, 9]
+  (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 4}))
+  assert inference.generation_eos_ids(cfg) == [4]
+  cfg.source = "gguf"
+  assert inference.generation_eos_ids(cfg) == []
