@@ -96,11 +96,15 @@ def bench_training(args):
     data = list(train_llm4sbr.with_intents(iter(batches),
                                            intents if variant == "llm4sbr" else None))
     params = train_llm4sbr.init_params(model, data[0], 0, variant == "llm4sbr")
+    # As the trainer: the backbone's W3, unread by the fused model, is dropped.
+    params, unused = train_llm4sbr.prune_unused(model, params, data[0], 0,
+                                                variant == "llm4sbr")
     schedule = optim.make_schedule(train, 1, 1)
     tx = optim.make_optimizer(train, schedule, params,
                               trainable=("sbr", "fusion") if cfg else ("sbr",))
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-    step = train_llm4sbr.jitted_train_step(train_llm4sbr.make_forward(model, cfg), schedule, 0)
+    step = train_llm4sbr.jitted_train_step(train_llm4sbr.make_forward(model, cfg, unused),
+                                           schedule, 0)
     step, step_memory = memory_lib.compile_with_memory(step, state, data[0])
     state, _ = step(state, data[0])
     jax.block_until_ready(state)
@@ -114,6 +118,7 @@ def bench_training(args):
     out[variant] = {"steps": n, "step_seconds_median": float(np.median(times)),
                     "examples_per_s": args.batch / float(np.median(times)),  # median step
                     "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
+                    "unused_params": sorted(unused),
                     "step_compiled_memory": step_memory}
   out["llm4sbr_over_backbone_time"] = (out["backbone"]["examples_per_s"] /
                                        out["llm4sbr"]["examples_per_s"])

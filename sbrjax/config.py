@@ -46,9 +46,16 @@ def base_config(locked: bool = True) -> ml_collections.ConfigDict:
   data.protocol = "llmgr"           # "llmgr" (leave-one-out) | "llm4sbr" (sessions)
   data.max_len = 50                 # most recent clicks kept per input sequence
   data.min_count = 5                # k-core threshold for users and items
-  data.session_gap_s = 600          # llm4sbr: new session after a 10-minute gap (ML)
-  data.test_fraction = 0.1          # llm4sbr: chronologically last sessions
-  data.valid_fraction = 0.1         # llm4sbr: carved from the end of train
+  data.session_gap_s = 600          # llm4sbr (MovieLens): 10-minute sessions
+  # llm4sbr (MovieLens): "window" cuts fixed 10-minute clock windows (the
+  # released LLM4SBR code, which printed the paper's Table 1); "gap" starts a
+  # session after more than session_gap_s seconds without a click.
+  data.session_rule = "window"
+  # llm4sbr examples per session: "last" (one: [v1..v(n-1)] -> vn), "prefixes"
+  # (every prefix), "auto" = the paper's choice (MovieLens last, Amazon prefixes).
+  data.augmentation = "auto"
+  data.test_fraction = 0.1          # llm4sbr: chronologically last 10% of sessions
+  data.valid_fraction = 0.1         # llm4sbr: last 10% of the rest (81/9/10 overall)
   data.num_negatives = 99           # sampled protocol: negatives per example
   data.negatives_exclude = "sequence"  # "sequence" (history + target) | "target"
   data.seed = 0                     # seed of the fixed negatives

@@ -12,7 +12,8 @@ Example::
 ``(Llama, params, tokenizer)`` triple; LLMGR, LLM4SBR and the memory report
 all go through it (with an :class:`LLMSpec` built from ``config.llm``), so the
 preset table, dtype names and layer truncation exist once. Locations: an HF
-``LlamaForCausalLM`` directory (config.json, tokenizer files, safetensors), a
+``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` directory (config.json, tokenizer
+files, safetensors; e.g. Qwen2-7B-Instruct, the family LLM4SBR used), a
 ``.gguf`` file, a directory holding one ``.gguf``, or a named preset with
 random weights and a byte tokenizer (tests, shape studies). Pass
 ``params_cache`` to keep a converted tree as an Orbax checkpoint.
@@ -46,7 +47,8 @@ __all__ = ["LLMSpec", "PRESETS", "DTYPES", "load_llm", "llm_config", "hidden_sta
            "ByteTokenizer"]
 
 PRESETS = {"tiny": LlamaConfig.tiny, "smollm2_135m": LlamaConfig.smollm2_135m,
-           "llama2_7b": LlamaConfig.llama2_7b, "llama2_13b": LlamaConfig.llama2_13b}
+           "llama2_7b": LlamaConfig.llama2_7b, "llama2_13b": LlamaConfig.llama2_13b,
+           "qwen2_7b": LlamaConfig.qwen2_7b}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SOURCES = ("gguf", "hf", "random")
 
@@ -141,10 +143,11 @@ class LLMSpec:
       return path
     if not self.path or not os.path.isdir(self.path):
       raise errors.MissingModelFile(
-          f"config.llm.path={self.path!r} is not a directory. LLaMA-2 weights are not "
-          "bundled: download an HF LlamaForCausalLM directory (config.json, tokenizer, "
-          "*.safetensors), e.g. meta-llama/Llama-2-7b-hf after accepting its licence, "
-          "and pass --config.llm.path=/path/to/it.")
+          f"config.llm.path={self.path!r} is not a directory. LLaMA-2 / Qwen2 weights "
+          "are not bundled: download an HF LlamaForCausalLM or Qwen2ForCausalLM "
+          "directory (config.json, tokenizer, *.safetensors), e.g. "
+          "meta-llama/Llama-2-7b-hf after accepting its licence or "
+          "Qwen/Qwen2-7B-Instruct, and pass --config.llm.path=/path/to/it.")
     return self.path
 
 

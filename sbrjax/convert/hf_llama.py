@@ -1,4 +1,7 @@
-"""Imports HF ``LlamaForCausalLM`` safetensors into the sbrjax Flax tree.
+"""Imports HF ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` safetensors into the sbrjax tree.
+
+Qwen2 is the LLaMA layout plus ``self_attn.{q,k,v}_proj.bias`` (mapped to
+``attn/{q,k,v}_proj/bias``); its ``config.json`` sets ``attention_bias``.
 
 Reads a directory written by ``save_pretrained``: ``config.json`` plus either
 ``model.safetensors`` or shards listed in ``model.safetensors.index.json``.
@@ -38,6 +41,9 @@ _LAYER_MAP = {
     "self_attn.k_proj.weight": ("attn/k_proj/kernel", True),
     "self_attn.v_proj.weight": ("attn/v_proj/kernel", True),
     "self_attn.o_proj.weight": ("attn/o_proj/kernel", True),
+    "self_attn.q_proj.bias": ("attn/q_proj/bias", False),
+    "self_attn.k_proj.bias": ("attn/k_proj/bias", False),
+    "self_attn.v_proj.bias": ("attn/v_proj/bias", False),
     "mlp.gate_proj.weight": ("mlp/gate_proj/kernel", True),
     "mlp.up_proj.weight": ("mlp/up_proj/kernel", True),
     "mlp.down_proj.weight": ("mlp/down_proj/kernel", True),
@@ -173,7 +179,7 @@ def import_tensors(tensors: Iterator[tuple[str, str, np.ndarray]],
     mapped = name_to_path(name)
     if mapped is None:
       raise errors.ModelFileError(f"Unexpected tensor {name!r} in {fname} ({source}); "
-                       "it is not part of a LLaMA checkpoint.")
+                       "it is not part of a LLaMA / Qwen2 checkpoint.")
     path, transpose = mapped
     if path == "lm_head/kernel" and config.tie_word_embeddings:
       continue  # tied: the embedding matrix serves as the output projection.
@@ -203,7 +209,7 @@ def load_hf_config(model_dir: str, **overrides) -> LlamaConfig:
 
 def load_hf_params(model_dir: str, config: Optional[LlamaConfig] = None,
                    dtype: Any = jnp.float32) -> dict:
-  """Imports the weights of an HF LlamaForCausalLM directory.
+  """Imports the weights of an HF LlamaForCausalLM / Qwen2ForCausalLM directory.
 
   Args:
     model_dir: directory with config.json and safetensors weights.

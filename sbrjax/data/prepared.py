@@ -39,6 +39,9 @@ DATASET_VARIANTS = {
     "movielens": ("ml-100k", "ml-1m"),
     "amazon": ("music", "beauty", "pantry", "beauty2014"),
 }
+# llm4sbr examples per session when config.data.augmentation="auto" (the
+# LLM4SBR paper's choice per dataset family).
+AUTO_AUGMENTATION = {"movielens": "last", "amazon": "prefixes"}
 _SPLITS = ("train", "valid", "test")
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.protocol = "llmgr"  # "llmgr" (leave-one-out) | "llm4sbr" (sessions)
   c.max_len = 50  # inputs keep their most recent max_len items
   c.min_count = 5  # k-core (llmgr) / item frequency (llm4sbr) threshold
-  c.session_gap_s = 600  # llm4sbr MovieLens: new session after this gap
+  c.session_gap_s = 600  # llm4sbr MovieLens: session length scale (seconds)
+  c.session_rule = "window"  # llm4sbr MovieLens: "window" (clock) | "gap"
+  c.augmentation = "auto"  # llm4sbr: "last" | "prefixes" | "auto" (per dataset)
   c.test_fraction = 0.1  # llm4sbr: chronologically last sessions -> test
   c.valid_fraction = 0.1  # llm4sbr: last training sessions -> validation
   c.num_negatives = 99  # sampled negatives per valid/test example
@@ -72,6 +77,8 @@ class DataSettings:
   max_len: int
   min_count: int
   session_gap_s: int
+  session_rule: str
+  augmentation: str
   test_fraction: float
   valid_fraction: float
   num_negatives: int
@@ -90,6 +97,18 @@ class DataSettings:
     """Gap that splits sessions; Amazon has one session per user."""
     return self.session_gap_s if self.dataset == "movielens" else None
 
+  @property
+  def examples(self) -> str:
+    """llm4sbr examples per session: ``augmentation``, "auto" resolved.
+
+    "auto" is the LLM4SBR paper's choice per dataset: one example per session
+    on MovieLens (ML-1M's Table 1: clicks / sessions = average length + 1),
+    every prefix on Amazon (Beauty: "sequence segmentation").
+    """
+    if self.augmentation != "auto":
+      return self.augmentation
+    return AUTO_AUGMENTATION[self.dataset]
+
   def result_settings(self) -> dict:
     """The settings that change the prepared arrays (cache key input)."""
     out = {"name": self.name, "protocol": self.protocol,
@@ -99,6 +118,8 @@ class DataSettings:
            "prepare_version": PREPARE_VERSION}
     if self.protocol == "llm4sbr":
       out.update(session_gap_s=self.session_gap,
+                 session_rule=self.session_rule if self.session_gap else None,
+                 augmentation=self.examples,
                  test_fraction=self.test_fraction,
                  valid_fraction=self.valid_fraction)
     return out
@@ -156,6 +177,8 @@ def validate(data_cfg) -> DataSettings:
       protocol=choice("protocol", PROTOCOLS),
       max_len=integer("max_len", 1), min_count=integer("min_count", 1),
       session_gap_s=integer("session_gap_s", 1),
+      session_rule=choice("session_rule", preprocess.SESSION_RULES),
+      augmentation=choice("augmentation", ("auto",) + preprocess.AUGMENTATIONS),
       test_fraction=fraction("test_fraction"),
       valid_fraction=fraction("valid_fraction"),
       num_negatives=integer("num_negatives", 1),
@@ -190,6 +213,7 @@ def prepare(settings: DataSettings, canonical: builders.CanonicalData,
       out = preprocess.llm4sbr_protocol(
           canonical.users, items, canonical.timestamps,
           session_gap_s=settings.session_gap, max_len=settings.max_len,
+          session_rule=settings.session_rule, augmentation=settings.examples,
           min_count=settings.min_count,
           test_fraction=settings.test_fraction,
           valid_fraction=settings.valid_fraction)
@@ -229,6 +253,9 @@ def prepare(settings: DataSettings, canonical: builders.CanonicalData,
   st = stats.table1(out.filtered_users, out.filtered_items)
   st.update(stats.split_stats(splits["train"], splits["valid"],
                               splits["test"]))
+  if settings.protocol == "llm4sbr":
+    st["llm4sbr_table1"] = stats.llm4sbr_table1(
+        out.filtered_users, {k: v.users for k, v in splits.items()}, settings.examples)
   st.update(unit="user" if settings.protocol == "llmgr" else "session",
             num_placeholder_texts=num_placeholder,
             num_items_without_metadata=sum(1 for r in raw_ids

@@ -12,8 +12,9 @@ appearance in the interaction stream sorted by (user, time, original order)
 Two protocols:
   * LLMGR (``llmgr_protocol``): k-core filter on users and items iterated to
     a fixed point, leave-one-out per user, prefix augmentation of training.
-  * LLM4SBR (``llm4sbr_protocol``): sessions, item/session filters iterated
-    to a fixed point, prefix augmentation, chronological train/valid/test.
+  * LLM4SBR (``llm4sbr_protocol``): sessions (a 10-minute clock window or
+    gap rule), item/session filters iterated to a fixed point, one example per
+    session or every prefix, chronological train/valid/test.
 """
 
 from __future__ import annotations
@@ -198,53 +199,79 @@ def llmgr_protocol(users: np.ndarray, items: np.ndarray, times: np.ndarray,
                         len(g_start), user_idx.astype(np.int64), seq, rounds)
 
 
-def session_ids(users: np.ndarray, times: np.ndarray,
-                gap_s: Optional[int]) -> np.ndarray:
+SESSION_RULES = ("window", "gap")
+AUGMENTATIONS = ("last", "prefixes")
+
+
+def session_ids(users: np.ndarray, times: np.ndarray, gap_s: Optional[int],
+                rule: str = "gap") -> np.ndarray:
   """Session index of each row of data sorted by (user, time).
 
-  A new session starts at each new user and, when ``gap_s`` is not None,
-  wherever the time since the user's previous interaction exceeds
-  ``gap_s`` seconds.
+  A new session starts at each new user and, when ``gap_s`` is not None:
+
+  * ``rule="gap"``: wherever the time since the user's previous interaction
+    exceeds ``gap_s`` seconds (the paper's wording, "a 10-minute interval as
+    the splitting point");
+  * ``rule="window"``: wherever the clock window ``time // gap_s`` changes,
+    i.e. fixed windows aligned to the Unix epoch (what the released LLM4SBR
+    code does with ``Timestamp.dt.floor("10T")``): two clicks a minute apart
+    on either side of 12:10:00 fall in two sessions, and a user who clicks
+    every 5 minutes for an hour has six.
 
   Returns:
     int64 [n] session ids 0.. in row order.
   """
+  if rule not in SESSION_RULES:
+    raise ValueError(f"session rule {rule!r}; choose one of {SESSION_RULES}")
   n = len(users)
   if n == 0:
     return np.zeros(0, np.int64)
   new = np.ones(n, bool)
   new[1:] = users[1:] != users[:-1]
   if gap_s is not None:
-    new[1:] |= (times[1:] - times[:-1]) > gap_s
+    if rule == "gap":
+      new[1:] |= (times[1:] - times[:-1]) > gap_s
+    else:
+      window = times // gap_s
+      new[1:] |= window[1:] != window[:-1]
   return np.cumsum(new) - 1
 
 
 def split_counts(n: int, fraction: float) -> int:
-  """How many of ``n`` ordered groups go to the held-out side.
+  """How many of ``n`` ordered groups go to the held-out (later) side.
 
-  round(n * fraction), at least 1, leaving at least 1 on the other side.
+  ``n - int((1 - fraction) * n)`` as in the released LLM4SBR code (the kept
+  side is ``int(0.9 * n)``: 53,121 ML-1M sessions -> 47,808 + 5,313, the
+  paper's Table 1), at least 1 and leaving at least 1 on the other side.
   """
   if n < 2:
     raise ValueError(f"need >= 2 sessions to split, got {n}")
-  return int(min(max(round(n * fraction), 1), n - 1))
+  held = n - int((1.0 - fraction) * n)
+  return int(min(max(held, 1), n - 1))
 
 
 def llm4sbr_protocol(users: np.ndarray, items: np.ndarray, times: np.ndarray,
                      session_gap_s: Optional[int] = 600, max_len: int = 50,
                      min_count: int = 5, test_fraction: float = 0.1,
-                     valid_fraction: float = 0.1) -> ProtocolOutput:
-  """LLM4SBR: sessions, filters, prefix augmentation, chronological splits.
+                     valid_fraction: float = 0.1, session_rule: str = "window",
+                     augmentation: str = "last") -> ProtocolOutput:
+  """LLM4SBR: sessions, filters, examples per session, chronological splits.
 
   Rules:
     * Rows are sorted by (user, time, input order) and cut into sessions
-      (``session_ids``); ``session_gap_s=None`` gives one session per user.
+      (``session_ids`` with ``session_rule``); ``session_gap_s=None`` gives
+      one session per user.
     * Items clicked < ``min_count`` times and sessions of length 1 are
       dropped, iterated to a fixed point.
     * Sessions are ordered by end time (ties: session order); the last
-      ``test_fraction`` are test, then the last ``valid_fraction`` of the
-      remaining (training) sessions are validation.
-    * Every split is prefix-augmented: [v1..vk] -> v(k+1), k >= 1, inputs
-      truncated to ``max_len`` most recent clicks.
+      ``test_fraction`` are test (``split_counts``), then the last
+      ``valid_fraction`` of the remaining (training) sessions are
+      validation: with 0.1 / 0.1 that is 81% / 9% / 10% of the sessions.
+    * Examples (every split alike): ``augmentation="last"`` gives one per
+      session, [v1..v(n-1)] -> vn (the paper's ML-1M: Table 1's clicks /
+      sessions = average length + 1); ``"prefixes"`` gives every prefix
+      [v1..vk] -> v(k+1), k >= 1 (its Beauty: "sequence segmentation").
+      Inputs keep their ``max_len`` most recent clicks.
 
   Returns:
     ProtocolOutput; ``users`` hold the session index (0.. in (user, start)
@@ -252,9 +279,11 @@ def llm4sbr_protocol(users: np.ndarray, items: np.ndarray, times: np.ndarray,
   """
   if max_len < 1:
     raise ValueError(f"max_len must be >= 1, got {max_len}")
+  if augmentation not in AUGMENTATIONS:
+    raise ValueError(f"augmentation {augmentation!r}; choose one of {AUGMENTATIONS}")
   users, items, times = (np.asarray(a, np.int64) for a in (users, items, times))
   order = sort_by_user_time(users, times)
-  sess = session_ids(users[order], times[order], session_gap_s)
+  sess = session_ids(users[order], times[order], session_gap_s, session_rule)
   it = items[order]
   ts = times[order]
   # Sessions must have >= 2 clicks; items >= min_count clicks.
@@ -278,6 +307,8 @@ def llm4sbr_protocol(users: np.ndarray, items: np.ndarray, times: np.ndarray,
 
   def make(ids):
     ids = np.sort(ids)
+    if augmentation == "last":
+      return _examples(seq, g_end[ids] - 1, g_start[ids], ids, max_len)
     pos, grp = _prefix_positions(g_start[ids], g_end[ids])
     return _examples(seq, pos, g_start[ids][grp], ids[grp], max_len)
 

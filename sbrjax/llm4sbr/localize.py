@@ -97,16 +97,21 @@ def top_f_cosine(queries: jax.Array, items: jax.Array, f: int,
 
 @functools.partial(jax.jit, static_argnames=("f", "chunk_size"))
 def localize_block(queries: jax.Array, items: jax.Array, f: int,
-                   chunk_size: int) -> jax.Array:
-  """Eqs. 3-4 for one block of queries: float32 [n, d]; needs f >= 1."""
+                   chunk_size: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """Eqs. 3-4 for one block of queries; needs f >= 1.
+
+  Returns:
+    (localized float32 [n, d], top-f item ids int32 [n, f], their softmax
+    weights float32 [n, f]).
+  """
   sims, idx = top_f_cosine(queries, items, f, chunk_size)
   weights = jax.nn.softmax(sims, axis=-1)  # [n, f]
   chosen = jnp.take(items, idx, axis=0).astype(jnp.float32)  # [n, f, d]
-  return jnp.einsum("nf,nfd->nd", weights, chosen, precision=_HIGHEST)
+  return jnp.einsum("nf,nfd->nd", weights, chosen, precision=_HIGHEST), idx, weights
 
 
 def localize(intents, items, f: int, *, chunk_size: int = 16384,
-             query_block: int = 1024) -> np.ndarray:
+             query_block: int = 1024, return_ids: bool = False):
   """Localizes intent embeddings onto the item catalog (eqs. 3-4).
 
   Args:
@@ -119,8 +124,13 @@ def localize(intents, items, f: int, *, chunk_size: int = 16384,
     query_block: intents per jitted call; the last block is padded so only
       one shape compiles.
 
+    return_ids: also return the chosen items and their weights.
+
   Returns:
-    float32 [n, d] localized intent embeddings.
+    float32 [n, d] localized intent embeddings; with ``return_ids`` the tuple
+    (embeddings, item ids int32 [n, f], softmax weights float32 [n, f]), the
+    ids ordered by descending similarity (ties: lower id first); f = 0 gives
+    [n, 0] ids and weights.
 
   Raises:
     ValueError: mismatched dims, negative ``f``, empty catalog with f > 0,
@@ -135,6 +145,9 @@ def localize(intents, items, f: int, *, chunk_size: int = 16384,
     bad = int(np.argwhere(~np.isfinite(intents))[0, 0])
     raise ValueError(f"intents row {bad} holds NaN or inf")
   if f == 0:
+    if return_ids:
+      return (intents.copy(), np.zeros((len(intents), 0), np.int32),
+              np.zeros((len(intents), 0), np.float32))
     return intents.copy()
   if items.ndim != 2 or items.shape[1] != intents.shape[1]:
     raise ValueError(f"items shape {items.shape} does not match intents "
@@ -150,6 +163,8 @@ def localize(intents, items, f: int, *, chunk_size: int = 16384,
   chunk_size = min(chunk_size, m)
   n = intents.shape[0]
   out = np.empty_like(intents)
+  ids = np.empty((n, f), np.int32)
+  weights = np.empty((n, f), np.float32)
   block = max(1, min(query_block, n))
   for start in range(0, n, block):
     part = intents[start:start + block]
@@ -157,6 +172,10 @@ def localize(intents, items, f: int, *, chunk_size: int = 16384,
     if rows < block:  # pad so every call has the same shape
       part = np.concatenate(
           [part, np.zeros((block - rows, part.shape[1]), np.float32)])
-    res = localize_block(jnp.asarray(part), items, f, chunk_size)
+    res, idx, w = localize_block(jnp.asarray(part), items, f, chunk_size)
     out[start:start + rows] = np.asarray(res)[:rows]
+    ids[start:start + rows] = np.asarray(idx)[:rows]
+    weights[start:start + rows] = np.asarray(w)[:rows]
+  if return_ids:
+    return out, ids, weights
   return out

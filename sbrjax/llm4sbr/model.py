@@ -1,17 +1,44 @@
 """LLM4SBR representation enhancement (Qiao et al.) around a graph SBR backbone.
 
-Per batch the model reads the backbone's two session views, ``local`` (s_l,
-the last click) and ``global_`` (s_g), and the batch rows' intent
-embeddings ``intents`` [B, P, d_text] (one column per perspective, already
-localized onto the catalog in stage 1):
+Per batch the model reads the backbone's two session views, ``local`` (s_l)
+and ``global_`` (s_g), and the batch rows' intent embeddings ``intents``
+[B, P, d_text] (one column per perspective, already localized onto the
+catalog in stage 1):
 
-  * ``W1_p`` projects each perspective's intent to the SBR width:
-    ``e_p = W1_p x_p`` [B, D] (``fusion/w1_<perspective>``);
+  * eq. 6: one projection ``W1`` (with bias ``b1``), shared by the
+    perspectives as the paper writes it and as the released code has it
+    (``fusion/w1``): ``e_p = W1 x_p + b1`` [B, D];
   * alignment + uniformity (DirectAU, Wang et al. 2022) pull the text view
     towards the ID view per perspective: long-term intent <-> global rep,
     short-term intent <-> local rep (``PAIRED_VIEW``);
   * fusion ``W2`` over ``[s_l; s_g; e_long; e_short]`` gives the final session
-    rep (``fusion/w2``), scored against the backbone's item table.
+    rep (``fusion/w2``), scored against the backbone's item table the way the
+    backbone scores its own session vector (``LLM4SBR.score``).
+
+What plays "local" and "global" (``SBROutput.local`` / ``.global_``):
+
+  * SR-GNN, NISER+: s_l = the last click's node state, s_g = the soft-attention
+    readout (NISER+: after its position embeddings); their ``s_h = W3 [s_l;
+    s_g]`` is replaced by W2 and so unused. NISER+ keeps its scoring: the fused
+    vector is L2-normalised and scaled cosines are the logits.
+  * GC-SAN: s_l = the last click's GNN state, s_g = the self-attention output
+    at the last click (its ``final`` mixes the two with a fixed weight w;
+    W2 learns the mix instead).
+  * TAGNN: s_l and s_g as SR-GNN (softmax readout). Its logits are
+    ``(s_h + s_t,i) . v_i``, where the target-aware ``s_t,i`` depends on
+    the candidate i and on the click states, not on the session vector: the
+    fused model replaces ``s_h`` by the fused vector and keeps the
+    target-aware term, ``logits_i = final . v_i + s_t,i . v_i``.
+  * Any other backbone of ``sbrjax.models.sbr.create_model`` (its
+    ``SBROutput`` carries ``local`` and ``global_``) is scored as
+    ``final . v_i``; ``tests/llm4sbr/test_model.py`` checks for every
+    registered backbone that ``score`` applied to the backbone's own
+    ``final`` gives the backbone's logits.
+
+Parameters the fused model never reads (the backbone's W3 above) carry no
+gradient; ``unused_parameters`` finds them by a gradient probe and the
+trainer drops them from the trained tree (no Adam moments, not counted),
+filling zeros at apply time, which XLA removes as dead code.
 
 Loss: ``L = L_rec + tau * sum_p (L_align,p + L_uniform,p)`` with
 ``L_align = mean_b ||n(e_b) - n(s_b)||^2`` over real rows (n = L2
@@ -19,7 +46,7 @@ normalisation) and ``L_uniform = (U(n(e)) + U(n(s))) / 2``,
 ``U(z) = log mean_{b != b'} exp(-t ||z_b - z_b'||^2)`` over pairs of real
 rows (DirectAU's ``pdist`` form: each unordered pair once, no self-pairs).
 
-Parameter tree: ``{"sbr": backbone, "fusion": {w1_<p>, w2}}`` so backbone
+Parameter tree: ``{"sbr": backbone, "fusion": {w1, w2}}`` so backbone
 checkpoints load unchanged and ``sbrjax.train.labels`` tells the parts apart.
 Ablations: ``perspectives`` names the columns used (drop one for "w/o long"
 or "w/o short"; both dropped fuses ``[s_l; s_g]`` only).
@@ -28,19 +55,20 @@ or "w/o short"; both dropped fuses ``[s_l; s_g]`` only).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sbrjax.models import sbr as sbr_lib
 from sbrjax.models.gnn import uniform_init
+from sbrjax.train import labels as labels_lib
 from sbrjax.train import losses
 
 PAIRED_VIEW = {"long_term": "global_", "short_term": "local"}
-SUPPORTED_BACKBONES = ("srgnn", "gcsan", "niser")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +76,7 @@ class LLM4SBRConfig:
   """Configuration of the fused model.
 
   Attributes:
-    sbr: the backbone.
+    sbr: the backbone (any of ``sbrjax.models.sbr.BACKBONES``).
     text_dim: width of the intent embeddings (384 for MiniLM).
     perspectives: intent columns used, in the order of ``intents``' axis 1;
       each must be a key of ``PAIRED_VIEW``.
@@ -63,15 +91,13 @@ class LLM4SBRConfig:
   uniformity_t: float = 2.0
 
   def __post_init__(self):
-    if self.sbr.backbone not in SUPPORTED_BACKBONES:
-      raise ValueError(
-          f"LLM4SBR fuses a session rep scored as final . item; backbone "
-          f"{self.sbr.backbone!r} is not supported (TAGNN's target-aware "
-          f"scores are not); choose one of {', '.join(SUPPORTED_BACKBONES)}.")
+    if self.sbr.backbone not in sbr_lib.BACKBONES:
+      raise ValueError(f"config.sbr.backbone={self.sbr.backbone!r}; LLM4SBR wraps one of "
+                       f"{', '.join(sbr_lib.BACKBONES)}.")
     unknown = [p for p in self.perspectives if p not in PAIRED_VIEW]
     if unknown or len(set(self.perspectives)) != len(self.perspectives):
-      raise ValueError(f"perspectives {self.perspectives} must be distinct keys of "
-                       f"{sorted(PAIRED_VIEW)}")
+      raise ValueError(f"config.llm4sbr.perspectives={self.perspectives} must be distinct "
+                       f"keys of {sorted(PAIRED_VIEW)}")
     if self.text_dim < 1:
       raise ValueError(f"text_dim must be >= 1, got {self.text_dim}")
 
@@ -98,7 +124,7 @@ class LLM4SBROutput:
 
 
 class Fusion(nn.Module):
-  """W1 per perspective and W2 over [s_l; s_g; e_1; ...; e_P]."""
+  """W1 (eq. 6, one for every perspective) and W2 over [s_l; s_g; e_1; ...; e_P]."""
 
   dim: int
   text_dim: int
@@ -107,11 +133,11 @@ class Fusion(nn.Module):
 
   @nn.compact
   def __call__(self, local, global_, intents):
+    init = uniform_init(1.0 / self.text_dim**0.5)
     reps = []
-    for k, name in enumerate(self.perspectives):
-      init = uniform_init(1.0 / self.text_dim**0.5)
-      reps.append(nn.Dense(self.dim, dtype=self.dtype, kernel_init=init, bias_init=init,
-                           name=f"w1_{name}")(intents[:, k]))  # [B, D]
+    if self.perspectives:
+      w1 = nn.Dense(self.dim, dtype=self.dtype, kernel_init=init, bias_init=init, name="w1")
+      reps = [w1(intents[:, k]) for k in range(len(self.perspectives))]  # P x [B, D]
     parts = [local, global_] + reps
     width = self.dim * len(parts)
     init = uniform_init(1.0 / width**0.5)
@@ -132,6 +158,18 @@ class LLM4SBR(nn.Module):
     self.fusion = Fusion(self.cfg.sbr.embed_dim, self.cfg.text_dim,
                          tuple(self.cfg.perspectives), dtype=self.cfg.sbr.dtype)
 
+  def score(self, out: sbr_lib.SBROutput, final: jax.Array, batch) -> jax.Array:
+    """float32 [B, I] logits of session vectors ``final`` the backbone's way."""
+    table = out.item_embeddings
+    if self.cfg.sbr.backbone == "niser":  # NISER+ scores scaled cosines
+      final = sbr_lib.l2_normalize(final)
+      return (self.cfg.sbr.niser_scale *
+              jnp.einsum("bd,id->bi", final, table)).astype(jnp.float32)
+    logits = jnp.einsum("bd,id->bi", final, table).astype(jnp.float32)
+    if self.cfg.sbr.backbone == "tagnn":  # + the target-aware term s_t,i . v_i
+      logits = logits + self.sbr.target_scores(out, batch)
+    return logits
+
   def __call__(self, batch, intents: jax.Array, *,
                deterministic: bool = True) -> LLM4SBROutput:
     """Scores a ``GraphBatch`` with its rows' intents [B, P, d_text]."""
@@ -142,14 +180,73 @@ class LLM4SBR(nn.Module):
     out = self.sbr.session_representations(batch, deterministic=deterministic)
     x = intents.astype(self.cfg.sbr.dtype)
     final, reps = self.fusion(out.local, out.global_, x)
-    table = out.item_embeddings
-    if self.cfg.sbr.backbone == "niser":  # NISER+ scores scaled cosines
-      final = sbr_lib.l2_normalize(final)
-      logits = self.cfg.sbr.niser_scale * jnp.einsum("bd,id->bi", final, table)
-    else:
-      logits = jnp.einsum("bd,id->bi", final, table)
-    return LLM4SBROutput(logits.astype(jnp.float32), final, out.local, out.global_,
-                         reps, out.final)
+    logits = self.score(out, final, batch)
+    return LLM4SBROutput(logits, final, out.local, out.global_, reps, out.final)
+
+
+# --------------------------------------------------------------------------
+# Parameters the fused model never reads.
+
+
+def unused_parameters(model: LLM4SBR, params, batch, seed: int = 0) -> List[str]:
+  """Paths ('sbr/readout/w3/kernel' ...) of leaves nothing the loss reads depends on.
+
+  A gradient probe: random intents and random cotangents on every output the
+  loss uses (logits, intent reps, local, global) — not on ``backbone_final``
+  — pulled back to the parameters; a leaf whose gradient is exactly zero
+  everywhere is not on any path to them (JAX's zero cotangents for unused
+  inputs are exact zeros; a used leaf would need a measure-zero accident).
+  """
+  b = batch.lengths.shape[0]
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  intents = jax.random.normal(k1, (b, len(model.cfg.perspectives), model.cfg.text_dim))
+
+  def outputs(p):
+    out = model.apply({"params": p}, batch, intents)
+    return (out.logits, out.intent_reps, out.local, out.global_)
+
+  primal, pullback = jax.vjp(outputs, params)
+  keys = jax.random.split(k2, len(primal))
+  cot = tuple(jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, primal))
+  (grads,) = pullback(cot)
+  unused = []
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    if not np.any(np.asarray(g)):
+      unused.append(labels_lib.path_str(path))
+  return unused
+
+
+def prune(params, paths) -> Dict[str, Any]:
+  """``params`` without the leaves at ``paths`` (empty dicts removed)."""
+  drop = set(paths)
+
+  def walk(node, prefix):
+    out = {}
+    for k, v in node.items():
+      name = f"{prefix}{k}"
+      if isinstance(v, dict) or hasattr(v, "items"):
+        sub = walk(v, name + "/")
+        if sub:
+          out[k] = sub
+      elif name not in drop:
+        out[k] = v
+    return out
+
+  return walk(params, "")
+
+
+def fill(params, shapes: Dict[str, Tuple[Tuple[int, ...], Any]]) -> Dict[str, Any]:
+  """``params`` with zeros put back at pruned paths (``{path: (shape, dtype)}``)."""
+  out = jax.tree_util.tree_map(lambda x: x, dict(params))
+  out = flax.core.unfreeze(out) if isinstance(out, flax.core.FrozenDict) else out
+  for path, (shape, dtype) in shapes.items():
+    node = out
+    parts = path.split("/")
+    for part in parts[:-1]:
+      node[part] = dict(node.get(part, {}))
+      node = node[part]
+    node[parts[-1]] = jnp.zeros(shape, dtype)
+  return out
 
 
 # --------------------------------------------------------------------------

@@ -1,5 +1,10 @@
 """LLaMA-2 style decoder (Flax linen) that loads HF LlamaForCausalLM weights as is.
 
+The same module is Qwen2 (``Qwen2ForCausalLM``, the family of LLM4SBR's
+Qwen-7B): a LLaMA decoder whose q/k/v projections carry biases
+(``attention_bias=True``), with its own rotary base, RMSNorm epsilon and a
+tied (0.5B/1.5B) or untied (7B) head; sliding-window attention is refused.
+
 Conventions, chosen so imported HF checkpoints need no weight surgery:
   * rotary embeddings in HF's rotate-half form (pairs ``(i, i + d/2)``);
   * the ``1/sqrt(head_dim)`` scale is applied inside attention;
@@ -11,6 +16,7 @@ Parameter paths (inside ``params``)::
   embed_tokens/embedding                          [V, D]
   layers_{i}/input_layernorm/scale                [D]
   layers_{i}/attn/{q,k,v,o}_proj/kernel           [in, out]
+  layers_{i}/attn/{q,k,v}_proj/bias               [out]   (attention_bias only)
   layers_{i}/attn/q_proj/lora/{a,b}               (when LoRA targets q_proj)
   layers_{i}/post_attention_layernorm/scale       [D]
   layers_{i}/mlp/{gate,up,down}_proj/kernel       [in, out]
@@ -37,8 +43,8 @@ from sbrjax.models.lora import LoraConfig, LoraDense
 
 Array = jax.Array
 
-_SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-_SUPPORTED_MODEL_TYPES = ("llama",)
+_SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+_SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +67,7 @@ class LlamaConfig:
     param_dtype: storage dtype of base parameters (adapters: ``lora``'s own).
     lora: adapter config, or None for no adapters.
     remat: rematerialise each decoder layer in the backward pass.
+    attention_bias: q/k/v projections have biases (Qwen2; o_proj never).
   """
   vocab_size: int = 32000
   hidden_size: int = 4096
@@ -77,6 +84,7 @@ class LlamaConfig:
   param_dtype: Any = jnp.float32
   lora: Optional[LoraConfig] = None
   remat: bool = False
+  attention_bias: bool = False
 
   def __post_init__(self):
     if self.head_dim is None:
@@ -119,6 +127,15 @@ class LlamaConfig:
                          max_position_embeddings=8192), **overrides})
 
   @classmethod
+  def qwen2_7b(cls, **overrides) -> "LlamaConfig":
+    """Qwen2-7B(-Instruct)'s shape (untied head, GQA 28/4, q/k/v biases)."""
+    return cls(**{**dict(vocab_size=152064, hidden_size=3584,
+                         intermediate_size=18944, num_layers=28, num_heads=28,
+                         num_kv_heads=4, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                         tie_word_embeddings=False, max_position_embeddings=32768,
+                         attention_bias=True), **overrides})
+
+  @classmethod
   def tiny(cls, **overrides) -> "LlamaConfig":
     """A 2-layer GQA model for tests."""
     return cls(**{**dict(vocab_size=128, hidden_size=64, intermediate_size=128,
@@ -151,13 +168,19 @@ class LlamaConfig:
         archs and not any(a in _SUPPORTED_ARCHITECTURES for a in archs)):
       raise ValueError(f"Unsupported architecture in {source}: model_type="
                        f"{model_type!r}, architectures={archs}; sbrjax loads "
-                       f"{_SUPPORTED_ARCHITECTURES} (model_type 'llama').")
+                       f"{_SUPPORTED_ARCHITECTURES} (model_type 'llama' or 'qwen2').")
+    qwen2 = model_type == "qwen2"
     if config.get("rope_scaling"):
       raise ValueError(f"{source}: rope_scaling={config['rope_scaling']} is not "
                        "supported (plain rotary embeddings only).")
-    for flag in ("attention_bias", "mlp_bias"):
+    # LLaMA's attention_bias also puts a bias on o_proj (unsupported); Qwen2
+    # always has q/k/v biases and none on o_proj.
+    for flag in (("mlp_bias",) if qwen2 else ("attention_bias", "mlp_bias")):
       if config.get(flag):
         raise ValueError(f"{source}: {flag}=True is not supported.")
+    if qwen2 and config.get("use_sliding_window"):
+      raise ValueError(f"{source}: use_sliding_window=True is not supported (full "
+                       "causal attention only).")
     act = config.get("hidden_act", "silu")
     if act != "silu":
       raise ValueError(f"{source}: hidden_act={act!r} is not supported (silu).")
@@ -180,6 +203,7 @@ class LlamaConfig:
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         max_position_embeddings=config.get("max_position_embeddings", 4096),
+        attention_bias=qwen2,
     )
     kw.update(overrides)
     return cls(**kw)
@@ -262,10 +286,11 @@ class RMSNorm(nn.Module):
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
 
 
-def _dense(config: LlamaConfig, features: int, name: str) -> LoraDense:
+def _dense(config: LlamaConfig, features: int, name: str,
+           use_bias: bool = False) -> LoraDense:
   lora = config.lora if (config.lora and name in config.lora.targets) else None
   return LoraDense(features, lora=lora, dtype=config.dtype,
-                   param_dtype=config.param_dtype, name=name)
+                   param_dtype=config.param_dtype, use_bias=use_bias, name=name)
 
 
 class Attention(nn.Module):
@@ -291,9 +316,10 @@ class Attention(nn.Module):
     cfg = self.config
     b, l, _ = x.shape
     h, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = _dense(cfg, h * d, "q_proj")(x, deterministic).reshape(b, l, h, d)
-    k = _dense(cfg, kvh * d, "k_proj")(x, deterministic).reshape(b, l, kvh, d)
-    v = _dense(cfg, kvh * d, "v_proj")(x, deterministic).reshape(b, l, kvh, d)
+    bias = cfg.attention_bias
+    q = _dense(cfg, h * d, "q_proj", bias)(x, deterministic).reshape(b, l, h, d)
+    k = _dense(cfg, kvh * d, "k_proj", bias)(x, deterministic).reshape(b, l, kvh, d)
+    v = _dense(cfg, kvh * d, "v_proj", bias)(x, deterministic).reshape(b, l, kvh, d)
     q = apply_rotary(q, cos, sin)
     k = apply_rotary(k, cos, sin)
 

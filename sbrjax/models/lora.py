@@ -94,26 +94,32 @@ class LoraAdapter(nn.Module):
 
 
 class LoraDense(nn.Module):
-  """A bias-free Dense whose kernel may carry a LoRA adapter beside it.
+  """A Dense (bias-free unless ``use_bias``) whose kernel may carry a LoRA adapter.
 
   Attributes:
     features: output width.
     lora: adapter config, or None for a plain Dense (same parameter path).
     dtype: compute dtype.
-    param_dtype: storage dtype of the base kernel.
+    param_dtype: storage dtype of the base kernel (and bias).
     kernel_init: base kernel initialiser.
+    use_bias: add a ``bias`` [out] (Qwen2's q/k/v projections have one).
   """
   features: int
   lora: Optional[LoraConfig] = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernel_init: Callable[..., Array] = nn.initializers.normal(0.02)
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
                         self.param_dtype)  # [in, out]
     y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                        self.param_dtype)
+      y = y + bias.astype(self.dtype)
     if self.lora is not None:
       y = y + LoraAdapter(self.features, self.lora, dtype=self.dtype,
                           name="lora")(x, deterministic)

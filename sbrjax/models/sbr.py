@@ -274,6 +274,15 @@ class TAGNN(SRGNN):
 
   def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
     out = self.session_representations(batch, deterministic=deterministic)
+    logits = _scores(out.final, out.item_embeddings) + self.target_scores(out, batch)
+    return out.replace(logits=logits)
+
+  def target_scores(self, out: SBROutput, batch) -> jax.Array:
+    """float32 [B, I] target-aware term ``s_t,i . v_i`` of every item.
+
+    It depends on the click states and W_t only, not on the session vector,
+    so a model that replaces ``final`` (LLM4SBR's fusion) keeps it as is.
+    """
     table, seq = out.item_embeddings, out.seq_states
     mask = click_mask(batch.lengths, seq.shape[1])
     seq_t = self.target(seq)  # [B, L, D]
@@ -289,8 +298,7 @@ class TAGNN(SRGNN):
           padded.reshape(num_chunks, chunk, -1))  # [C, B, chunk]
       target = jnp.moveaxis(parts, 0, 1).reshape(seq.shape[0], -1)
       target = target[:, :num_items]
-    logits = _scores(out.final, table) + target.astype(jnp.float32)
-    return out.replace(logits=logits)
+    return target.astype(jnp.float32)
 
 
 _MODELS = {"srgnn": SRGNN, "gcsan": GCSAN, "niser": NISER, "tagnn": TAGNN,

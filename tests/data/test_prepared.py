@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sbrjax import errors
-from sbrjax.data import builders, negatives, prepared, preprocess, rawfiles
+from sbrjax.data import builders, negatives, prepared, preprocess, rawfiles, stats
 
 
 @pytest.fixture(name="raw_dir", scope="module")
@@ -58,7 +58,7 @@ def test_data_dir_defaults_to_env(monkeypatch, tmp_path):
 @pytest.mark.parametrize("protocol", ["llmgr", "llm4sbr"])
 def test_prepares_consistent_splits_and_reuses_cache(tmp_path, raw_dir,
                                                      monkeypatch, protocol):
-  c = _cfg(tmp_path, raw_dir, protocol=protocol, max_len=4)
+  c = _cfg(tmp_path, raw_dir, protocol=protocol, max_len=4, session_rule="gap")
   d = prepared.load_prepared(c)
   assert d.name == "movielens/ml-100k" and d.protocol == protocol
   assert len(d.item_raw_ids) == len(d.item_texts) == d.num_items
@@ -76,7 +76,8 @@ def test_prepares_consistent_splits_and_reuses_cache(tmp_path, raw_dir,
     assert len(d.valid) == len(d.test) == d.num_users == d.stats["num_users"]
   else:
     assert d.stats["unit"] == "session"
-    # Synthetic users have a 2-hour break: 2 sessions each.
+    # Synthetic users have a 2-hour break: 2 gap-sessions each (clock
+    # windows cut their 60 s steps further).
     assert d.num_users == 60
   assert d.stats["num_test"] == len(d.test)
   assert d.stats["raw_num_actions"] == 360
@@ -233,9 +234,12 @@ def test_real_ml100k_from_recbole_wheel_llm4sbr(ml100k_dir):
   c.protocol = "llm4sbr"
   d = prepared.load_prepared(c)
   s = d.stats
+  # 10-minute clock windows, one example per session (the paper's ML-1M
+  # protocol): 6,501 sessions -> 5,265 / 585 / 651 (81/9/10).
   assert (s["num_users"], s["num_items"], s["num_actions"]) == (
-      2652, 1345, 98_634)
-  assert s["num_train"] + s["num_valid"] + s["num_test"] == 98_634 - 2652
+      6501, 1340, 98_079)
+  assert (s["num_train"], s["num_valid"], s["num_test"]) == (5265, 585, 651)
+  assert s["llm4sbr_table1"]["train_sessions"] == 5265 + 585
   assert d.test.negatives.shape == (len(d.test), 99)
 
 
@@ -288,3 +292,59 @@ def test_filters_that_empty_the_data_name_the_filter_and_the_file(tmp_path, raw_
   with pytest.raises(errors.DataError,
                      match=r"k-core filter \(min_count=500\).*360 interactions.*u\.data"):
     prepared.load_prepared(_cfg(tmp_path, raw_dir, min_count=500))
+
+
+def _ml1m_known_sessions(folder, num_users=10):
+  """ratings.dat where each user has a known session structure.
+
+  Per user (times relative to a 10-minute window start W, days apart):
+  clicks on items 1-4 at W+300, W+420, W+540, W+660, then two hours later
+  items 5-7 at W'+0, W'+100, W'+200. Gap rule (> 600 s): sessions [1,2,3,4]
+  and [5,6,7]. Window rule: [1,2,3] | [4] (alone, dropped) | [5,6,7].
+  """
+  rows = []
+  for u in range(1, num_users + 1):
+    w = 1_000_000_200 + u * 86_400  # a multiple of 600: a window start
+    rows += [(u, i, 4, w + t) for i, t in zip((1, 2, 3, 4), (300, 420, 540, 660))]
+    rows += [(u, i, 4, w + 7_200 + t) for i, t in zip((5, 6, 7), (0, 100, 200))]
+  rawfiles.write_ml1m(folder, rows, {i: f"Movie {i} (1990)" for i in range(1, 8)})
+
+
+@pytest.mark.parametrize("rule,items,clicks,avg_length", [
+    ("gap", 7, 70, 2.5),      # 20 sessions of 4 and 3 clicks
+    ("window", 6, 60, 2.0),   # 20 sessions of 3 and 3; item 4 only in singletons
+])
+def test_ml1m_session_rules_give_the_known_table1(tmp_path, rule, items, clicks,
+                                                   avg_length):
+  _ml1m_known_sessions(tmp_path / "raw")
+  c = _cfg(tmp_path, tmp_path / "raw", variant="ml-1m", protocol="llm4sbr",
+           session_rule=rule, num_negatives=2)
+  d = prepared.load_prepared(c)
+  s = d.stats
+  assert (s["num_users"], s["num_items"], s["num_actions"]) == (20, items, clicks)
+  # One example per session (MovieLens "auto"): 20 - int(0.9 * 20) = 2 test,
+  # 18 - int(0.9 * 18) = 2 validation, 16 train.
+  assert (len(d.train), len(d.valid), len(d.test)) == (16, 2, 2)
+  paper = s["llm4sbr_table1"]
+  assert paper == {"train_sessions": 18, "test_sessions": 2, "clicks": clicks,
+                   "avg_length": avg_length}
+  # Every example's target is its session's last click.
+  last = {"gap": {3, 6}, "window": {2, 5}}[rule]  # dense ids of items 4/3 and 7
+  assert set(d.test.targets.tolist()) | set(d.train.targets.tolist()) <= last
+  text = stats.format_stats(d.name, s)
+  assert "#train sessions" in text and f"{clicks:,}" in text
+  # Every prefix instead: gap 3 + 2, window 2 + 2 examples per user.
+  c.augmentation = "prefixes"
+  every = prepared.load_prepared(c)
+  per_user = {"gap": 5, "window": 4}[rule]
+  assert len(every.train) + len(every.valid) + len(every.test) == 10 * per_user
+
+
+def test_session_rule_and_augmentation_defaults_follow_the_paper(tmp_path):
+  settings = prepared.validate(_cfg(tmp_path, tmp_path, protocol="llm4sbr"))
+  assert settings.session_rule == "window" and settings.examples == "last"
+  amazon = prepared.validate(_cfg(tmp_path, tmp_path, protocol="llm4sbr",
+                                  dataset="amazon", variant="beauty2014"))
+  assert amazon.examples == "prefixes" and amazon.session_gap is None
+  with pytest.raises(ValueError, match=r"config\.data\.session_rule is 'hour'"):
+    prepared.validate(_cfg(tmp_path, tmp_path, session_rule="hour"))

@@ -88,6 +88,61 @@ def test_sessions_split_on_gaps_over_ten_minutes():
       preprocess.session_ids(users, times, None), [0, 0, 0, 0, 0, 1, 1])
 
 
+def test_sessions_by_clock_window_versus_gap():
+  # Clicks 60 s apart straddling 12:10:00 (t = 600): one gap-session, two
+  # windows; clicks every 300 s for 1,200 s: one gap-session, windows
+  # [0,600) [600,1200) [1200,1800) -> three.
+  users = np.zeros(8, np.int64)
+  times = np.array([540, 600, 3000, 3300, 3600, 3900, 4200, 10_000])
+  np.testing.assert_array_equal(preprocess.session_ids(users, times, 600, "gap"),
+                                [0, 0, 1, 1, 1, 1, 1, 2])
+  np.testing.assert_array_equal(preprocess.session_ids(users, times, 600, "window"),
+                                [0, 1, 2, 2, 3, 3, 4, 5])
+  # A window never spans two users.
+  np.testing.assert_array_equal(
+      preprocess.session_ids(np.array([0, 1]), np.array([5, 6]), 600, "window"), [0, 1])
+  with pytest.raises(ValueError, match="session rule 'hourly'"):
+    preprocess.session_ids(users, times, 600, "hourly")
+
+
+def test_split_counts_keep_int_of_the_kept_side():
+  # The released LLM4SBR code keeps int(0.9 n) for training: 53,121 ML-1M
+  # sessions -> 47,808 + 5,313 (the paper's Table 1).
+  assert preprocess.split_counts(53_121, 0.1) == 5_313
+  assert preprocess.split_counts(10, 0.1) == 1
+  assert preprocess.split_counts(2, 0.9) == 1  # at least one on each side
+
+
+def test_llm4sbr_one_example_per_session_versus_every_prefix():
+  # Two users, one session each (gap rule, no gaps): u0 [1,2,3,4], u1 [1,2,3].
+  users = np.array([0, 0, 0, 0, 1, 1, 1])
+  items = np.array([1, 2, 3, 4, 1, 2, 3])
+  times = np.array([0, 1, 2, 3, 10, 11, 12])
+  kw = dict(session_gap_s=600, session_rule="gap", min_count=1, test_fraction=0.1,
+            valid_fraction=0.5)
+  with pytest.raises(ValueError, match="need >= 2 sessions"):  # 1 left for train+valid
+    preprocess.llm4sbr_protocol(users, items, times, augmentation="last", **kw)
+  users3 = np.concatenate([users, [2, 2]])
+  items3 = np.concatenate([items, [2, 4]])
+  times3 = np.concatenate([times, [20, 21]])
+  last = preprocess.llm4sbr_protocol(users3, items3, times3, augmentation="last", **kw)
+  every = preprocess.llm4sbr_protocol(users3, items3, times3, augmentation="prefixes",
+                                      **kw)
+  # Sessions by end time: s0 (3), s1 (12), s2 (21): test = {s2}, valid = {s1}.
+  assert _seqs(last.train) == [[0, 1, 2]] and last.train.targets.tolist() == [3]
+  assert _seqs(last.valid) == [[0, 1]] and last.valid.targets.tolist() == [2]
+  assert _seqs(last.test) == [[1]] and last.test.targets.tolist() == [3]
+  assert _seqs(every.train) == [[0], [0, 1], [0, 1, 2]]
+  assert every.train.targets.tolist() == [1, 2, 3]
+  assert _seqs(every.valid) == [[0], [0, 1]]
+  # One example per session is the longest prefix of each.
+  for name in ("train", "valid", "test"):
+    a, b = getattr(last, name), getattr(every, name)
+    longest = [int(np.flatnonzero(b.users == u)[-1]) for u in np.unique(b.users)]
+    assert _seqs(a) == [_seqs(b)[i] for i in longest]
+    assert a.targets.tolist() == b.targets[longest].tolist()
+
+
 def test_llm4sbr_hand_example():
   # Sessions (gap 600): s0 = u0 [1,2,3] ends 120; s1 = u0 [9] alone (dropped,
   # length 1); s2 = u1 [2,3] ends 50; s3 = u2 [1,2] ends 300;
@@ -97,10 +152,11 @@ def test_llm4sbr_hand_example():
   times = np.array([0, 60, 120, 5000, 40, 50, 290, 300, 380, 390, 400])
   out = preprocess.llm4sbr_protocol(users, items, times, session_gap_s=600,
                                     max_len=50, min_count=2,
-                                    test_fraction=0.25, valid_fraction=0.34)
+                                    test_fraction=0.25, valid_fraction=0.25,
+                                    session_rule="gap", augmentation="prefixes")
   # Kept sessions in (user, start) order: 0:[1,2,3] 1:[2,3] 2:[1,2] 3:[3,1,2]
   # Chronological by end: 1(50) 0(120) 2(300) 3(400) -> test = {3},
-  # valid = last round(3*.34)=1 of the rest = {2}, train = {0, 1}.
+  # valid = 3 - int(0.75 * 3) = 1 of the rest = {2}, train = {0, 1}.
   assert out.num_users == 4
   np.testing.assert_array_equal(out.item_codes, [1, 2, 3])  # dense 0,1,2
   assert _seqs(out.train) == [[0], [0, 1], [1]]
@@ -121,8 +177,8 @@ def test_llm4sbr_filter_iterates_sessions_and_items():
   items = np.array([5, 8, 5, 6, 6, 7, 7, 6, 7, 6, 6, 7])
   times = np.arange(12)
   out = preprocess.llm4sbr_protocol(users, items, times, session_gap_s=None,
-                                    min_count=2, test_fraction=0.34,
-                                    valid_fraction=0.5)
+                                    min_count=2, test_fraction=0.2,
+                                    valid_fraction=0.5, augmentation="prefixes")
   assert out.filter_rounds == 5  # 4 passes that drop something + the check
   np.testing.assert_array_equal(out.item_codes, [6, 7])
   assert out.num_users == 3

@@ -1,6 +1,7 @@
 """LLM4SBR stage 1: LLaMA intent generation, resumable cache, restriction, import."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from sbrjax.data import digest
 from sbrjax.data.types import PreparedData, Split
 from sbrjax.llm4sbr import config as l4s_config
 from sbrjax.llm4sbr import inference
@@ -163,18 +165,103 @@ def test_imported_texts_build_validated_arrays(tmp_path):
                                   perspectives=("long_term",))
 
 
-def test_text_cache_key_depends_on_seed_only_for_random_weights(tmp_path):
+def test_text_cache_key_is_content_and_seed_only_for_random_weights(tmp_path):
   cfg = l4s_config.llm4sbr_config()
   cfg.llm.source = "gguf"
+  cfg.llm.path = str(tmp_path / "a" / "m.gguf")
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "m.gguf").write_bytes(b"GGUF weights one")
   assert inference.llm_cache_desc(cfg, 0) == inference.llm_cache_desc(cfg, 7)
-  cfg.llm.num_layers = 4  # a truncated LLM writes other texts
-  assert inference.llm_cache_desc(cfg, 0) != inference.llm_cache_desc(
-      l4s_config.llm4sbr_config(), 0)
+  # A copy elsewhere is the same LLM; other bytes are another.
+  (tmp_path / "b").mkdir()
+  (tmp_path / "b" / "m.gguf").write_bytes(b"GGUF weights one")
+  other = cfg.copy_and_resolve_references()
+  other.llm.path = str(tmp_path / "b")  # a directory holding one .gguf
+  assert inference.llm_cache_desc(other, 0) == inference.llm_cache_desc(cfg, 0)
+  (tmp_path / "b" / "m.gguf").write_bytes(b"GGUF weights two!")
+  assert inference.llm_cache_desc(other, 0) != inference.llm_cache_desc(cfg, 0)
+  truncated = cfg.copy_and_resolve_references()
+  truncated.llm.num_layers = 4  # a truncated LLM writes other texts
+  assert inference.llm_cache_desc(truncated, 0) != inference.llm_cache_desc(cfg, 0)
   cfg.llm.source = "random"
   assert inference.llm_cache_desc(cfg, 0) != inference.llm_cache_desc(cfg, 7)
-  texts = tmp_path / "{split}.jsonl"
-  cfg.llm4sbr.intent_texts = str(texts)
-  assert inference.llm_cache_desc(cfg, 0) == {"imported": str(texts)}
+  for split in inference.SPLITS:
+    (tmp_path / f"{split}.jsonl").write_text(f'{{"session": 0, "x": "{split}"}}\n')
+  cfg.llm4sbr.intent_texts = str(tmp_path / "{split}.jsonl")
+  desc = inference.llm_cache_desc(cfg, 0)
+  assert set(desc["imported"]) == set(inference.SPLITS)
+  assert str(tmp_path) not in json.dumps(desc)  # keyed by bytes, not by path
+
+
+def _write_texts(tmp_path, data, word):
+  for name in inference.SPLITS:
+    with open(tmp_path / f"{name}.jsonl", "w") as f:
+      for r in range(len(getattr(data, name))):
+        f.write(json.dumps({"session": r, "long_term": f"{word} {r % 10}",
+                            "short_term": f"{word} {(r + 1) % 10}"}) + "\n")
+
+
+def test_arrays_rebuilt_when_imported_texts_change_at_the_same_path(tmp_path):
+  data = _data()
+  config = l4s_config.llm4sbr_config()
+  config.llm4sbr.cache_dir = str(tmp_path / "cache")
+  config.llm4sbr.f = 2
+  config.text_encoder.max_length = 16
+  config.llm4sbr.intent_texts = str(tmp_path / "{split}.jsonl")
+  _write_texts(tmp_path, data, "item")
+  first, _ = inference.ensure_intent_arrays(config, data)
+  again, _ = inference.ensure_intent_arrays(config, data)
+  assert again == first  # unchanged bytes: the cache is used
+  before = np.load(first["test"])
+  _write_texts(tmp_path, data, "a rather different film")  # same path, new bytes
+  second, summary = inference.ensure_intent_arrays(config, data)
+  assert second["test"] != first["test"]
+  encoder = inference.load_text_encoder(config.text_encoder)
+  got = inference.load_split_intents(second["test"], data, "test", encoder.dim,
+                                     ("long_term",))
+  assert not np.allclose(got[:, 0], before[:, 0])
+  # The arrays folder records what it was built from.
+  key = json.loads((second["test"].parent / "key.json").read_text())
+  assert key == json.loads(json.dumps(summary["array_key"]))
+  assert key["f"] == 2 and key["data"] == data.fingerprint
+  # Localized ids beside every split.
+  ids, weights = intents_lib.load_localized(second["valid"])
+  assert ids.shape == (len(data.valid), 2, 2)
+  np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_texts_regenerated_when_the_llm_file_changes_at_the_same_path(tmp_path):
+  data = _data(distinct=True)
+  config = l4s_config.llm4sbr_config()
+  config.llm4sbr.cache_dir = str(tmp_path / "cache")
+  config.text_encoder.max_length = 16
+  config.llm.source = "gguf"  # never loaded: generate_fn stands in for it
+  gguf = tmp_path / "model.gguf"
+  gguf.write_bytes(b"weights of the first model")
+  config.llm.path = str(gguf)
+  asked = []
+
+  def answer(word):
+    def fn(batch):
+      asked.append(len(batch))
+      return [f"{word} {len(p)}" for p in batch]
+    return fn
+
+  first, s1 = inference.ensure_intent_arrays(config, data, generate_fn=answer("one"))
+  n_first = sum(asked)
+  # Every prompt answered once (a prompt seen in an earlier split is copied).
+  generated = sum(s1[f"{s}_generated_texts"] for s in inference.SPLITS)
+  reused = sum(s1[f"{s}_reused_texts"] for s in inference.SPLITS)
+  assert n_first == generated > 0
+  assert generated + reused == 2 * sum(len(getattr(data, s)) for s in inference.SPLITS)
+  inference.ensure_intent_arrays(config, data, generate_fn=answer("never"))
+  assert sum(asked) == n_first  # the same weights: cached
+  gguf.write_bytes(b"weights of a replacement model")  # same path, new bytes
+  second, s2 = inference.ensure_intent_arrays(config, data, generate_fn=answer("two"))
+  assert sum(asked) == 2 * n_first  # every text generated again
+  assert s2["texts_dir"] != s1["texts_dir"] and second["train"] != first["train"]
+  key = json.loads((pathlib.Path(s2["texts_dir"]) / "key.json").read_text())
+  assert key["llm"]["weights"] == digest.file_digest(gguf)
 
 
 def test_known_prompts_are_copied_not_generated(generator, tmp_path):
@@ -217,7 +304,9 @@ def test_restrictions_share_generated_texts(tmp_path):
   small = inference.restrict_data(data, max_rows_per_session=1)
   _, s1 = inference.ensure_intent_arrays(config, small, generate_fn=answer)
   n_small = len(asked)
-  assert n_small == 2 * sum(len(getattr(small, s)) for s in inference.SPLITS)
+  assert n_small == sum(s1[f"{s}_generated_texts"] for s in inference.SPLITS)
+  assert n_small + sum(s1[f"{s}_reused_texts"] for s in inference.SPLITS) == \
+      2 * sum(len(getattr(small, s)) for s in inference.SPLITS)
   large = inference.restrict_data(data, max_rows_per_session=2)
   _, s2 = inference.ensure_intent_arrays(config, large, generate_fn=answer)
   rows_large = sum(len(getattr(large, s)) for s in inference.SPLITS)
@@ -228,3 +317,16 @@ def test_restrictions_share_generated_texts(tmp_path):
   assert generated == len(asked_large) and generated + reused == 2 * rows_large
   assert reused >= n_small  # every row of the small restriction is in the large one
   assert s1["cache"] != s2["cache"]  # two data fingerprints, one text pool
+
+
+def test_generation_config_eos_ids_end_decoding(tmp_path):
+  # Qwen2-Instruct ends a chat turn with <|im_end|>, listed in
+  # generation_config.json beside the tokenizer's own eos.
+  cfg = ml_collections.ConfigDict(dict(source="hf", path=str(tmp_path)))
+  assert inference.generation_eos_ids(cfg) == []
+  (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 9]}))
+  assert inference.generation_eos_ids(cfg) == [7, 9]
+  (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 4}))
+  assert inference.generation_eos_ids(cfg) == [4]
+  cfg.source = "gguf"
+  assert inference.generation_eos_ids(cfg) == []

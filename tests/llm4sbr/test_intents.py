@@ -168,8 +168,24 @@ def test_build_intent_array_localizes_each_perspective(tmp_path):
                                   perspectives=P)
   assert arr.sessions == tuple(map(str, sessions))
   raw = np.stack([[vocab[texts[str(s)][p]] for p in P] for s in sessions])
-  want = loc.localize(raw.reshape(14, 6), items, 3).reshape(7, 2, 6)
-  np.testing.assert_allclose(arr.values, want, rtol=0, atol=1e-6)
+  want, ids, weights = loc.localize(raw.reshape(14, 6), items, 3, return_ids=True)
+  np.testing.assert_allclose(arr.values, want.reshape(7, 2, 6), rtol=0, atol=1e-6)
+  # The chosen items and their weights sit beside the array, named in the
+  # sidecar, row and perspective aligned with it.
+  meta = json.loads(intents.sidecar_path(path).read_text())
+  assert meta["localized"] == {"ids": "a.topf_ids.npy", "weights": "a.topf_weights.npy"}
+  got_ids, got_w = intents.load_localized(path)
+  assert got_ids.dtype == np.int32 and got_ids.shape == (7, 2, 3)
+  np.testing.assert_array_equal(got_ids, ids.reshape(7, 2, 3))
+  np.testing.assert_allclose(got_w, weights.reshape(7, 2, 3), rtol=0, atol=1e-7)
+  # f = 0: raw embeddings, no ids, and the sidecar says so.
+  raw_path = intents.build_intent_array(
+      tmp_path / "r.npy", texts, sessions, P, encode, items, 0,
+      dataset="d", split="train", encoder="toy", fingerprint="fp")
+  raw_meta = json.loads(intents.sidecar_path(raw_path).read_text())
+  assert raw_meta["localized"] is None and "f = 0" in raw_meta["localized_note"]
+  assert intents.load_localized(raw_path) is None
+  assert not (tmp_path / "r.topf_ids.npy").exists()
   with pytest.raises(ValueError, match=r"no intent texts for 1 session\(s\)"):
     intents.build_intent_array(tmp_path / "b.npy", texts, [0, 99], P, encode,
                                items, 3, dataset="d", split="train",

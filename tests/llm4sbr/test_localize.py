@@ -47,6 +47,35 @@ def test_matches_bruteforce_for_every_chunk_size(chunk):
   np.testing.assert_array_equal(np.asarray(idx), ref_idx)
 
 
+@pytest.mark.parametrize("f,chunk", [(1, 4), (5, 7), (12, 64), (40, 9)])
+def test_localized_ids_and_weights_equal_numpy_top_f(f, chunk):
+  # The ids kept beside an intent array: the top-f items of a brute-force
+  # NumPy cosine ranking (ties -> lower id) and the softmax of their cosines.
+  q, items = _random(11, 37, 6, seed=f)
+  items[5] = items[3] * 2.0  # an exact tie in cosine: id 3 ranks first
+  q[0] = items[3]
+  ref, ref_idx = _reference(q, items, f)
+  got, ids, weights = loc.localize(q, items, f, chunk_size=chunk, query_block=4,
+                                   return_ids=True)
+  f = min(f, 37)
+  assert ids.shape == weights.shape == (11, f) and ids.dtype == np.int32
+  np.testing.assert_array_equal(ids, ref_idx)
+  assert list(ids[0, :2]) == [3, 5] if f >= 2 else ids[0, 0] == 3
+  qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+  en = items / np.linalg.norm(items, axis=1, keepdims=True)
+  sims = np.take_along_axis(qn.astype(np.float64) @ en.T.astype(np.float64), ref_idx, 1)
+  want_w = np.exp(sims - sims.max(1, keepdims=True))
+  want_w /= want_w.sum(1, keepdims=True)
+  np.testing.assert_allclose(weights, want_w, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+  # The localized vector is exactly their weighted sum of item embeddings.
+  np.testing.assert_allclose(got, np.einsum("nf,nfd->nd", weights, items[ids]),
+                             rtol=0, atol=1e-5)
+  raw, none_ids, none_w = loc.localize(q, items, 0, return_ids=True)
+  assert none_ids.shape == none_w.shape == (11, 0)
+  np.testing.assert_array_equal(raw, q)
+
+
 def test_chunk_sizes_agree_with_each_other_exactly_on_indices():
   q, items = _random(5, 333, 8, seed=3)
   idxs = [np.asarray(loc.top_f_cosine(q, items, f=20, chunk_size=c)[1])
@@ -106,9 +135,9 @@ def test_f_one_returns_nearest_item_embedding():
 
 def test_not_jitted_matches_jitted():
   q, items = _random(4, 23, 6, seed=5)
-  jitted = np.asarray(loc.localize_block(q, items, f=4, chunk_size=5))
+  jitted = np.asarray(loc.localize_block(q, items, f=4, chunk_size=5)[0])
   with jax.disable_jit():
-    eager = np.asarray(loc.localize_block(q, items, f=4, chunk_size=5))
+    eager = np.asarray(loc.localize_block(q, items, f=4, chunk_size=5)[0])
   np.testing.assert_allclose(eager, jitted, rtol=0, atol=1e-6)
   ref, _ = _reference(q, items, 4)
   np.testing.assert_allclose(eager, ref, rtol=0, atol=1e-5)

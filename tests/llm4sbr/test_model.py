@@ -43,14 +43,17 @@ def _init(cfg, batch):
   return model, params, intents
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_fused_srgnn_reduces_to_backbone_when_w2_copies_w3(jit):
+@pytest.mark.parametrize("backbone,jit", [("srgnn", False), ("srgnn", True),
+                                          ("niser", False), ("tagnn", False)])
+def test_fused_model_reduces_to_backbone_when_w2_copies_w3(backbone, jit):
   # Identity: SR-GNN's s_h = W3 [s_l; s_g] + b3 and the fusion computes
   # W2 [s_l; s_g; e_long; e_short] + b2. With W2's first 2D rows = W3, b2 =
   # b3 and the intent rows zero, final == s_h whatever the intents are, so
-  # the logits equal the plain backbone's (same `sbr` parameters).
+  # the logits equal the plain backbone's (same `sbr` parameters): NISER+
+  # normalises and scales it the same way, TAGNN adds the same target-aware
+  # term s_t,i . v_i.
   batch = _batch()
-  cfg = _cfg()
+  cfg = _cfg(backbone)
   model, params, _ = _init(cfg, batch)
   w3 = params["sbr"]["readout"]["w3"]
   w2 = params["fusion"]["w2"]
@@ -90,23 +93,75 @@ def test_fused_gcsan_reduces_to_backbone():
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
 
 
-def test_parameter_tree_labels_and_ablations():
+def test_parameter_tree_has_one_shared_w1_and_ablations():
   batch = _batch()
-  _, params, _ = _init(_cfg(), batch)
+  model, params, _ = _init(_cfg(), batch)
   labels = jax.tree_util.tree_leaves(labels_lib.label_tree(params))
   assert set(labels) == {"sbr", "fusion"}
-  assert sorted(params["fusion"]) == ["w1_long_term", "w1_short_term", "w2"]
+  # Eq. 6: one (W1, b1) for both perspectives.
+  assert sorted(params["fusion"]) == ["w1", "w2"]
+  assert params["fusion"]["w1"]["kernel"].shape == (TEXT_DIM, DIM)
+  assert params["fusion"]["w1"]["bias"].shape == (DIM,)
   assert params["fusion"]["w2"]["kernel"].shape == (4 * DIM, DIM)
+  # Both perspectives go through that one projection.
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (6, 2, TEXT_DIM)))
+  reps = np.asarray(model.apply({"params": params}, batch, x).intent_reps)
+  w1 = {k: np.asarray(v, np.float64) for k, v in params["fusion"]["w1"].items()}
+  for k in range(2):
+    np.testing.assert_allclose(reps[:, k], x[:, k] @ w1["kernel"] + w1["bias"],
+                               atol=1e-5, rtol=1e-5)
   _, short, _ = _init(_cfg(perspectives=("short_term",)), batch)
-  assert sorted(short["fusion"]) == ["w1_short_term", "w2"]
+  assert sorted(short["fusion"]) == ["w1", "w2"]
   assert short["fusion"]["w2"]["kernel"].shape == (3 * DIM, DIM)
   _, none, _ = _init(_cfg(perspectives=()), batch)
+  assert sorted(none["fusion"]) == ["w2"]
   assert none["fusion"]["w2"]["kernel"].shape == (2 * DIM, DIM)
 
 
+@pytest.mark.parametrize("backbone", sbr_lib.BACKBONES)
+def test_score_of_the_backbones_own_final_is_its_logits(backbone):
+  # Whatever backbone is registered: the fused model scores a session vector
+  # the way the backbone does, so its own `final` gives its own logits.
+  batch = _batch()
+  cfg = _cfg(backbone)
+  model, params, _ = _init(cfg, batch)
+
+  def own(m, b):
+    out = m.sbr.session_representations(b)
+    return m.score(out, out.final, b)
+
+  got = model.apply({"params": params}, batch, method=own)
+  want = sbr_lib.create_model(cfg.sbr).apply({"params": params["sbr"]}, batch).logits
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone,unused", [
+    ("srgnn", ["sbr/readout/w3/bias", "sbr/readout/w3/kernel"]),
+    ("niser", ["sbr/readout/w3/bias", "sbr/readout/w3/kernel"]),
+    ("tagnn", ["sbr/readout/w3/bias", "sbr/readout/w3/kernel"]),
+    ("gcsan", []),
+])
+def test_unused_backbone_parameters_are_found_and_pruned(backbone, unused):
+  batch = _batch()
+  cfg = _cfg(backbone)
+  model, params, _ = _init(cfg, batch)
+  found = llm4sbr_lib.unused_parameters(model, params, batch)
+  assert sorted(found) == unused
+  shapes = train_llm4sbr.leaf_shapes(params, found)
+  pruned = llm4sbr_lib.prune(params, found)
+  n = lambda t: sum(x.size for x in jax.tree_util.tree_leaves(t))
+  assert n(pruned) == n(params) - sum(int(np.prod(s)) for s, _ in shapes.values())
+  # The pruned tree, filled with zeros at those paths, scores exactly as the
+  # full one: nothing read them.
+  x = jax.random.normal(jax.random.PRNGKey(2), (6, 2, TEXT_DIM))
+  want = model.apply({"params": params}, batch, x).logits
+  got = model.apply({"params": llm4sbr_lib.fill(pruned, shapes)}, batch, x).logits
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_bad_config_and_intent_shape_are_refused():
-  with pytest.raises(ValueError, match="tagnn"):
-    _cfg("tagnn")
+  with pytest.raises(ValueError, match="config.sbr.backbone='sasrec'"):
+    _cfg("sasrec")
   with pytest.raises(ValueError, match="perspectives"):
     _cfg(perspectives=("mid_term",))
   batch = _batch()

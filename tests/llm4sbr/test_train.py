@@ -16,12 +16,13 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
 
 @pytest.fixture(scope="module")
 def run(tiny_raw_dir, tmp_path_factory):
-  """One tiny end-to-end run (shared by the tests below; ~40 s on 2 cores)."""
+  """One tiny end-to-end run (shared by the tests below; ~60 s on 2 cores)."""
   tmp = tmp_path_factory.mktemp("llm4sbr")
   cfg = config_lib.load_config_file(CONFIG)
   cfg.data.manual_dir = tiny_raw_dir
   cfg.data.data_dir = str(tmp / "data")
-  cfg.train.epochs = 1
+  cfg.train.epochs = 3
+  cfg.train.patience = 0
   summary = train_llm4sbr.train_and_evaluate(cfg, str(tmp / "work"))
   return cfg, summary, tmp
 
@@ -46,6 +47,33 @@ def test_tiny_end_to_end_run_writes_results(run):
                                            generate_fn=_fail)
   assert again["stage1"]["arrays"] == summary["stage1"]["arrays"]
   assert again["test"] == summary["test"]
+
+
+@pytest.mark.slow
+def test_best_epoch_follows_the_configured_full_ranking_metric(run):
+  cfg, summary, _ = run
+  assert cfg.train.early_stop_metric == "full/MRR@20"  # the LLM4SBR default
+  assert summary["selection"]["metric"] == "full/MRR@20"
+  assert summary["selection"]["split"] == "valid"
+  values = [h["full/MRR@20"] for h in summary["valid_history"]]
+  assert len(values) == 3
+  assert summary["best_epoch"] == int(np.argmax(values))  # the first best epoch
+  assert summary["selection"]["best_value"] == max(values)
+  # The reported validation metrics are those of the selected epoch.
+  assert summary["valid"]["full/MRR@20"] == pytest.approx(max(values), abs=1e-7)
+  # The pruned W3 is not trained and not counted.
+  assert sorted(summary["unused_params"]) == ["sbr/readout/w3/bias",
+                                               "sbr/readout/w3/kernel"]
+
+
+def test_selection_metric_is_checked_before_anything_runs():
+  cfg = config_lib.load_config_file(CONFIG)
+  assert train_llm4sbr.selection_metric(cfg) == "full/MRR@20"
+  cfg.train.early_stop_metric = "sampled/NDCG@10"
+  assert train_llm4sbr.selection_metric(cfg) == "sampled/NDCG@10"
+  cfg.train.early_stop_metric = "test/MRR@20"
+  with pytest.raises(ValueError, match="early_stop_metric='test/MRR@20'.*full/MRR@20"):
+    train_llm4sbr.train_and_evaluate(cfg, "/nonexistent/never-written")
 
 
 def _fail(prompts):
