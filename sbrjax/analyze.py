@@ -11,6 +11,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 _WORKDIR = flags.DEFINE_multi_string("workdir", None, "Run directory (repeat for several).")
 _OUT = flags.DEFINE_string("out", "analysis", "Folder for summary.md, groups.json and PNGs.")
@@ -29,6 +30,8 @@ _PCA = flags.DEFINE_bool("pca", True, "Draw the PCA of LLMGR runs' item embeddin
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:  # results on stdout, one-line errors on stderr
+    logging.set_verbosity(logging.ERROR)
   from sbrjax.analysis import report  # pylint: disable=g-import-not-at-top
   from sbrjax.analysis import runs  # pylint: disable=g-import-not-at-top
   if not _WORKDIR.value:

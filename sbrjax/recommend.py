@@ -17,6 +17,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a trained run.")
 _ITEMS = flags.DEFINE_string("items", None, "One session: ids or titles; else read stdin.")
@@ -34,6 +35,8 @@ def _fail(message: str) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:  # results on stdout, one-line errors on stderr
+    logging.set_verbosity(logging.ERROR)
   from sbrjax.analysis import recommend as rec_lib  # pylint: disable=g-import-not-at-top
   if not _WORKDIR.value:
     return _fail("give --workdir=RUN_DIR.")

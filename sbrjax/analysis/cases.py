@@ -84,7 +84,8 @@ def load_texts(texts_dir: str, split: str) -> Dict[str, Dict[str, str]]:
     for lineno, line in enumerate(f, 1):
       try:
         rec = json.loads(line)
-        out[str(rec.pop("session"))] = {k: str(v) for k, v in rec.items()}
+        row = str(rec.pop("session"))
+        out[row] = {k: str(v) for k, v in rec.items()}
       except (json.JSONDecodeError, KeyError, AttributeError) as e:
         raise CaseStudyError(f"{path}:{lineno}: not a {{\"session\": ...}} record ({e}).") from e
   return out
