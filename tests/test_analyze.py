@@ -120,7 +120,7 @@ def _write_intent_files(folder, rows=6, f=3, localized=True):
   perspectives = ["long_term", "short_term"]
   np.save(os.path.join(folder, "test.npy"), np.zeros((rows, 2, 4), np.float32))
   ids = (np.arange(rows * 2 * f).reshape(rows, 2, f) % 10).astype(np.int32)
-  weights = np.tile(np.array([0.5, 0.3, 0.2], np.float32)[:f], (rows, 2, 1))
+  weights = np.tile(np.array([[0.5, 0.3, 0.2], [0.6, 0.25, 0.15]], np.float32)[:, :f], (rows, 1, 1))
   np.save(os.path.join(folder, "test.topf_ids.npy"), ids)
   np.save(os.path.join(folder, "test.topf_weights.npy"), weights)
   meta = {"format": "sbrjax-intents", "perspectives": perspectives, "shape": [rows, 2, 4],
