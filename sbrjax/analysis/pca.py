@@ -45,9 +45,16 @@ def pca(x: np.ndarray, k: int = 2) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def backbone_table(run_dir: str) -> np.ndarray:
-  """float32 [I, D] item table of a finished sbr run (``sbrjax.sbr.export``)."""
+  """float32 [I, D] item table of a finished sbr run (its best checkpoint)."""
+  from sbrjax.analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+  from sbrjax.models import sbr as sbr_lib  # pylint: disable=g-import-not-at-top
   from sbrjax.sbr import export  # pylint: disable=g-import-not-at-top
-  model, params, _, _ = export.load_backbone(run_dir)
+  from sbrjax.sbr import train as sbr_train  # pylint: disable=g-import-not-at-top
+  run = runs_lib.open_run(run_dir)
+  if run.job != "sbr":
+    raise ValueError(f"{run_dir}: a {run.job} run, not a backbone (sbr) run.")
+  params, _ = runs_lib.restore_best_params(run.stage_best_dir())
+  model = sbr_lib.create_model(sbr_train.sbr_config(run.config, int(run.results["num_items"])))
   return export.item_embeddings(model, params)
 
 

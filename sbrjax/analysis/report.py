@@ -70,9 +70,13 @@ def unique_labels(runs: Sequence[runs_lib.Run],
 
 def group_section(runs, labels, split, grouping_fn, threshold, ks, metrics, modes):
   """(markdown, json rows) of one grouping over every run."""
-  rows, records, rule, sizes = [], [], None, []
+  rows, records, rule, sizes, missing = [], [], None, [], []
   for run, label in zip(runs, labels):
-    columns, _ = run.examples(split)
+    try:
+      columns, _ = run.examples(split)
+    except runs_lib.RunError:
+      missing.append(label)  # e.g. runs finished before per-example files existed
+      continue
     grouping = grouping_fn(columns, threshold)
     rule = grouping.rule
     for name, values in groups_lib.group_metrics(columns, grouping, ks):
@@ -80,8 +84,12 @@ def group_section(runs, labels, split, grouping_fn, threshold, ks, metrics, mode
       records.append({"model": label, "workdir": run.workdir, "group": name, **values})
     sizes.append(f"{label}: " + ", ".join(f"{name} {int(m.sum()):,}"
                                           for name, m in grouping.masks))
+  note = (f"\n\nNot shown (no examples/{split}.parquet; rerun the run's command to write "
+          f"it): {', '.join(missing)}." if missing else "")
+  if not rows:
+    return note.strip(), records
   table = groups_lib.markdown_table(rows, modes, metrics)
-  text = f"Rule: {rule}.\n\nGroup sizes: " + "; ".join(sizes) + ".\n\n" + table
+  text = f"Rule: {rule}.\n\nGroup sizes: " + "; ".join(sizes) + ".\n\n" + table + note
   return text, records
 
 
@@ -125,7 +133,7 @@ def strategy_section(runs, labels, out_dir: str, k: int) -> Optional[str]:
     series = {lab: [float(r.results["test"].get(f"{mode}/{m}", np.nan)) for m in names]
               for r, lab in chosen}
     panels.append((f"{mode} ranking", names, series))
-  plots.bar_chart(panels, "Tuning strategies (test split)", "metric", 
+  plots.bar_chart(panels, "Tuning strategies (test split)", "metric",
                   os.path.join(out_dir, "strategies.png"))
   return "![tuning strategies](strategies.png)"
 

@@ -108,18 +108,26 @@ def open_run(workdir: str, require_results: bool = True) -> Run:
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise RunError(f"--workdir={workdir}: no such directory.")
-  raw = _read_json(os.path.join(workdir, "config.json"),
-                   "give the --workdir of a python -m sbrjax.main run.")
+  config_path = os.path.join(workdir, "config.json")
+  results_path = os.path.join(workdir, "results.json")
+  results = {}
+  if require_results or not os.path.isfile(config_path):
+    results = _read_json(results_path, "the run has not finished; rerun its command with "
+                         "the same --workdir to finish it.")
+  if os.path.isfile(config_path):
+    raw = _read_json(config_path, "")
+  elif isinstance(results.get("config"), dict):
+    # A backbone LLMGR pre-trained in <workdir>/sbr_pretrain has no config.json
+    # of its own; its results.json records the config it ran with.
+    raw = results["config"]
+  else:
+    raise RunError(f"{config_path} does not exist: give the --workdir of a python -m "
+                   "sbrjax.main run.")
   config = ml_collections.ConfigDict(raw)
   job = raw.get("job")
   if job not in JOBS:
     raise RunError(f"{workdir}: config.job={job!r} trains no model; give the workdir of an "
                    f"{' / '.join(JOBS)} run.")
-  results = {}
-  if require_results:
-    results = _read_json(os.path.join(workdir, "results.json"),
-                         "the run has not finished; rerun its command with the same "
-                         "--workdir to finish it.")
   return Run(workdir=workdir, config=config, results=results, job=job)
 
 
