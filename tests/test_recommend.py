@@ -104,3 +104,24 @@ def test_llmgr_recommend_gives_the_evaluators_top_k(tiny_llmgr_run):
   ids, scores = rec.recommend([data.test.sequence(int(r)) for r in cols["index"]])
   np.testing.assert_array_equal(ids, cols["top/items"])
   np.testing.assert_allclose(scores, cols["top/scores"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_llm4sbr_recommend_infers_intents_and_gives_the_evaluators_top_k(tiny_raw_dir, tmp_path):
+  from sbrjax import config as config_lib
+  from sbrjax import pipeline
+  from sbrjax.llm4sbr import train as l4s_train
+  cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "llm4sbr_tiny.py"))
+  cfg.data.manual_dir = tiny_raw_dir
+  cfg.data.data_dir = str(tmp_path / "data")
+  cfg.train.epochs = 1
+  wd = str(tmp_path / "run")
+  pipeline.run(cfg, wd)
+  data = l4s_train.load_data(cfg)
+  cols = _evaluated_rows(wd)
+  rows = cols["index"][:8]
+  rec = rec_lib.Recommender.from_workdir(wd, top_k=20)
+  # The session's intents are generated again by the run's LLM, encoded and localized.
+  ids, scores = rec.recommend([data.test.sequence(int(r)) for r in rows])
+  np.testing.assert_array_equal(ids, cols["top/items"][:8])
+  np.testing.assert_allclose(scores, cols["top/scores"][:8], rtol=1e-4, atol=1e-5)
