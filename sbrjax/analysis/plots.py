@@ -51,7 +51,8 @@ def pca_figure(panels: Sequence[Tuple[str, np.ndarray, np.ndarray]], popularity:
   """
   plt = _pyplot()
   from matplotlib.colors import LogNorm  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels) + 1.0, 4.2),
+                           squeeze=False, layout="constrained")
   pop = np.asarray(popularity, np.float64) + 1.0  # +1: items never a target stay plottable
   order = np.argsort(pop)  # popular items drawn last, on top
   norm = LogNorm(vmin=pop.min(), vmax=max(pop.max(), pop.min() + 1))
@@ -62,10 +63,10 @@ def pca_figure(panels: Sequence[Tuple[str, np.ndarray, np.ndarray]], popularity:
     ax.set_title(name, fontsize=10)
     ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f}% of variance)")
     ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f}% of variance)")
-  cbar = fig.colorbar(sc, ax=axes[0].tolist(), shrink=0.9)
+  cbar = fig.colorbar(sc, ax=axes[0].tolist(), shrink=0.9, pad=0.02)
   cbar.set_label("training examples of the item + 1")
   fig.suptitle(title, fontsize=11)
-  return save_figure(fig, path)
+  return save_figure(fig, path, dpi=90)
 
 
 def bar_chart(panels: Sequence[Tuple[str, Sequence[str], Mapping[str, Sequence[float]]]],

@@ -170,8 +170,12 @@ def analyze(workdirs: Sequence[str], out_dir: str, *, split: str = "test",
   for run, label in zip(runs, labels):
     count = int(run.results.get("test", {}).get("count", 0))
     md.append(f"| {label} | `{run.workdir}` | {run.results.get('model', run.job)} | {count:,} |")
-  fingerprints = {r.results.get("data_fingerprint") or r.config.get("data", {}).get("variant")
-                  for r in runs}
+  fingerprints = set()
+  for run in runs:
+    try:
+      fingerprints.add(run.examples(split)[1].get("data_fingerprint"))
+    except runs_lib.RunError:
+      pass
   if len(fingerprints) > 1:
     md += ["", "Note: the runs were prepared differently (data fingerprints differ); "
            "group sizes and training counts are each run's own."]
