@@ -108,13 +108,16 @@ class Recommender:
     item_texts: titles of the catalog.
     raw_ids: the dataset's ids of the catalog.
     top_k: items returned per session.
-    score_fn: sessions -> (ids int32 [N, K], scores float32 [N, K]).
+    build: () -> score_fn, sessions -> (ids int32 [N, K], scores float32 [N, K]);
+      called on the first ``recommend`` (LLMGR loads its LLM there), so item
+      names are checked before any model is built.
   """
   run: runs_lib.Run
   item_texts: Sequence[str]
   raw_ids: Sequence[str]
   top_k: int
-  score_fn: Callable[[List[List[int]]], Tuple[np.ndarray, np.ndarray]]
+  build: Callable[[], Callable[[List[List[int]]], Tuple[np.ndarray, np.ndarray]]]
+  _score_fn: Optional[Callable] = None
 
   @classmethod
   def from_workdir(cls, workdir: str, top_k: int = 10) -> "Recommender":
@@ -132,8 +135,8 @@ class Recommender:
     data = run.data()
     top_k = min(top_k, data.num_items)
     builder = {"sbr": _sbr_scorer, "llmgr": _llmgr_scorer, "llm4sbr": _llm4sbr_scorer}[run.job]
-    score_fn = builder(run, data, params, top_k)
-    return cls(run, list(data.item_texts), list(data.item_raw_ids), top_k, score_fn)
+    return cls(run, list(data.item_texts), list(data.item_raw_ids), top_k,
+               lambda: builder(run, data, params, top_k))
 
   def resolve(self, text: str, raw_ids: bool = False, sep: str = ",") -> List[int]:
     return resolve_items(text, self.item_texts, raw_ids=self.raw_ids if raw_ids else None,
@@ -145,7 +148,9 @@ class Recommender:
       bad = [int(i) for i in s if not 0 <= int(i) < len(self.item_texts)]
       if bad:
         raise RecommendError(f"item ids {bad} are outside [0, {len(self.item_texts)}).")
-    return self.score_fn([list(map(int, s)) for s in sessions])
+    if self._score_fn is None:
+      self._score_fn = self.build()
+    return self._score_fn([list(map(int, s)) for s in sessions])
 
 
 def _ordered(examples, n: int) -> Tuple[np.ndarray, np.ndarray]:

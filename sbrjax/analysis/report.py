@@ -197,6 +197,8 @@ def analyze(workdirs: Sequence[str], out_dir: str, *, split: str = "test",
     md += ["", "## Tuning strategies", "", chart]
   fused = [(r, lab) for r, lab in zip(runs, labels) if r.job == "llm4sbr"
            and r.config.llm4sbr.variant == "llm4sbr"]
+  # Case studies of the first run that localizes (f = 0 keeps raw intents: no items).
+  fused.sort(key=lambda x: int(x[0].config.llm4sbr.f) == 0)
   if fused and cases:
     md += ["", "## LLM4SBR case studies", ""]
     for run, label in fused[:1]:
