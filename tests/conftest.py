@@ -25,3 +25,34 @@ def tiny_config(tiny_raw_dir, tmp_path):
   cfg.data.manual_dir = tiny_raw_dir
   cfg.data.data_dir = str(tmp_path / "data")
   return cfg
+
+
+def _repo_config(name):
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
+  return config_lib.load_config_file(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_sbr_run(tiny_raw_dir, tmp_path_factory):
+  """A finished tiny SR-GNN run (configs/sbr_tiny.py): (workdir, config)."""
+  from sbrjax import pipeline
+  root = tmp_path_factory.mktemp("tiny_sbr_run")
+  cfg = _repo_config("sbr_tiny.py")
+  cfg.data.manual_dir = tiny_raw_dir
+  cfg.data.data_dir = str(root / "data")
+  wd = str(root / "run")
+  pipeline.run(cfg, wd)
+  return wd, cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_llmgr_run(tiny_raw_dir, tmp_path_factory):
+  """A finished tiny LLMGR run (configs/llmgr_tiny.py, both stages): (workdir, config)."""
+  from sbrjax import pipeline
+  root = tmp_path_factory.mktemp("tiny_llmgr_run")
+  cfg = _repo_config("llmgr_tiny.py")
+  cfg.data.manual_dir = tiny_raw_dir
+  cfg.data.data_dir = str(root / "data")
+  wd = str(root / "run")
+  pipeline.run(cfg, wd)
+  return wd, cfg

@@ -131,12 +131,14 @@ def jitted_train_step(forward, schedule, seed: int):
       steps.make_train_step(loss_fn, schedule, jax.random.PRNGKey(seed + 2)))
 
 
-def make_evaluator(forward, ks):
-  """``evaluate(params, batches, aliases=False, return_examples=False)``."""
+def make_evaluator(forward, ks, top_k: Optional[int] = None):
+  """``evaluate(params, batches, aliases=False, return_examples=False)``; the
+  per-example rows carry the top ``top_k`` items (default: the largest K)."""
+  top_k = max(ks) if top_k is None else top_k
 
   def rank_fn(params, batch):
     _, _, logits = forward(params, batch, True)
-    return train_sbr.graph_ranks(batch[0], logits)
+    return train_sbr.graph_ranks(batch[0], logits, top_k)
 
   return evaluate_lib.make_evaluator(rank_fn, ks)
 
@@ -305,16 +307,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   best = result["best_params"]
   aliases = bool(config.eval.p_at_k_alias)
-  test = evaluate(best, eval_batches("test"), aliases)
-  valid = evaluate(best, eval_batches("valid"), aliases)
+  test, test_rows = evaluate(best, eval_batches("test"), aliases, return_examples=True)
+  valid, valid_rows = evaluate(best, eval_batches("valid"), aliases, return_examples=True)
+  model_name = ((f"llm4sbr({sbr_cfg.backbone})" if control == "none" else
+                 f"llm4sbr({sbr_cfg.backbone}, {control} intents)")
+                if fused else sbr_cfg.backbone)
+  for name, rows in (("test", test_rows), ("valid", valid_rows)):
+    train_sbr.save_examples(
+        workdir, name, rows, getattr(data, name), data.train, model=model_name,
+        num_items=data.num_items, ks=ks,
+        extra={"job": "llm4sbr", "dataset": data.name, "data_fingerprint": data.fingerprint,
+               "intent_array": stage1.get("arrays", {}).get(name)})
   writer.write_scalars(int(result["state"].step),
                        {f"eval/test/{k}": v for k, v in test.items()})
   writer.close()
   history = result["meta"]["history"]
   summary = {
-      "model": ((f"llm4sbr({sbr_cfg.backbone})" if control == "none" else
-                 f"llm4sbr({sbr_cfg.backbone}, {control} intents)")
-                if fused else sbr_cfg.backbone),
+      "model": model_name,
       "variant": variant, "dataset": data.name, "protocol": data.protocol,
       "num_items": data.num_items, "data_fingerprint": data.fingerprint,
       "examples": {s: len(getattr(data, s)) for s in inference.SPLITS},

@@ -19,7 +19,7 @@ graphs), one encoded prompt per example and the target item.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, List, NamedTuple, Sequence
+from typing import Any, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -62,6 +62,9 @@ class TaskExamples:
   task: str
   sessions: Split
   prompts: List[prompts_lib.EncodedPrompt]
+  # behavior: the row of the source split each example came from (the
+  # evaluation may subsample it); per-example results are keyed by it.
+  source_rows: Optional[np.ndarray] = None
 
   def __len__(self):
     return len(self.prompts)
@@ -88,7 +91,7 @@ def behavior_examples(split: Split, encoder: prompts_lib.PromptEncoder, *,
   sessions = split.select(idx)
   prompts = [encoder.encode("behavior", session=sessions.sequence(i))
              for i in range(len(sessions))]
-  return TaskExamples("behavior", sessions, prompts)
+  return TaskExamples("behavior", sessions, prompts, source_rows=idx)
 
 
 def node_text_examples(num_items: int, encoder: prompts_lib.PromptEncoder, *,

@@ -101,30 +101,39 @@ def jitted_train_step(model, schedule, trainable_mask, seed: int, mesh=None,
       place_batch=lambda b: llmgr_rules.place_batch(b, mesh, rules))
 
 
-def make_evaluator(model, ks, mesh=None, rules=llmgr_rules.LLMGR_LOGICAL_AXIS_RULES):
+def make_evaluator(model, ks, mesh=None, rules=llmgr_rules.LLMGR_LOGICAL_AXIS_RULES,
+                   top_k=None):
   """``evaluate(params, batcher, aliases=False, return_examples=False)``.
 
   On a mesh, batches are split over its batch axes, full-ranking target ranks
-  come from the catalog-sharded ``catalog_softmax.sharded_target_rank`` and
-  the sampled candidates' scores from their own f_out rows; per-example
-  ranks come back replicated to every process.
+  come from the catalog-sharded ``catalog_softmax.sharded_target_rank`` (top
+  items from ``sharded_topk``) and the sampled candidates' scores from their
+  own f_out rows; per-example ranks come back replicated to every process.
+  The per-example rows carry the top ``top_k`` items (default: the largest K).
   """
+  top_k = max(ks) if top_k is None else top_k
+
   def extras(batch):
     return {"index": batch.sessions.index, "target": batch.targets}
 
   def dense_ranks(params, batch):
     logits = model.apply({"params": params}, batch, deterministic=True)
     return {**evaluate_lib.ranks_from_scores(logits, batch.targets, batch.mask,
-                                             batch.negatives), **extras(batch)}
+                                             batch.negatives, top_k=top_k), **extras(batch)}
 
   def sharded_ranks(params, batch):
     h = model_lib.with_bias_column(
         model.apply({"params": params}, batch, deterministic=True, features_only=True))
     table = model_lib.head_table(params["f_out"])  # [M, H + 1]
+    axis = tuple(mesh.axis_names)
     out = {"mask": batch.mask,
            "rank/full": catalog_softmax.sharded_target_rank(
-               h, table, batch.targets, mesh, axis=tuple(mesh.axis_names)),
+               h, table, batch.targets, mesh, axis=axis),
            **extras(batch)}
+    if top_k:
+      scores, ids = catalog_softmax.sharded_topk(h, table, min(top_k, table.shape[0]), mesh,
+                                                 axis=axis)
+      out["top/items"], out["top/scores"] = ids.astype(jnp.int32), scores
     if batch.negatives is not None:
       cands = jnp.concatenate([batch.targets[:, None], batch.negatives], axis=1)  # [B, K+1]
       scores = jnp.einsum("bd,bkd->bk", h, table[cands])
@@ -263,9 +272,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   def eval_batcher(split):
     ex = examples_lib.behavior_examples(split, encoder, limit=int(g.eval_limit), seed=seed)
     return examples_lib.PromptBatcher([ex], max_len=max_len, batch_size=int(config.eval.batch_size),
-                                    length_buckets=buckets, pad_id=pad_id)
+                                    length_buckets=buckets, pad_id=pad_id), ex.source_rows
 
-  valid_batcher, test_batcher = eval_batcher(data.valid), eval_batcher(data.test)
+  (valid_batcher, _), (test_batcher, test_rows) = (eval_batcher(data.valid),
+                                                    eval_batcher(data.test))
   check_tree(model, params, next(valid_batcher.iterate(shuffle=False)))
   writer = writer_lib.MetricWriter(os.path.join(workdir, "tensorboard", "llmgr"))
   writer.write_text("config", config.to_json_best_effort(indent=2))
@@ -311,7 +321,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                              "train_seconds": result["meta"]["train_seconds"]}
 
   aliases = bool(config.eval.p_at_k_alias)
-  test = evaluate(params, test_batcher, aliases)
+  test, test_examples = evaluate(params, test_batcher, aliases, return_examples=True)
+  # Batcher rows -> rows of data.test (eval_limit may subsample the split).
+  test_examples["index"] = test_rows[test_examples["index"]]
+  sbr_train.save_examples(
+      workdir, "test", test_examples, data.test, data.train,
+      model=f"LLMGR[{config.variant}]({sbr_cfg.backbone})", num_items=data.num_items,
+      ks=tuple(config.eval.ks),
+      extra={"job": "llmgr", "variant": config.variant, "dataset": data.name,
+             "data_fingerprint": data.fingerprint})
   writer.write_scalars(0, {f"eval/test/{k}": v for k, v in test.items()})
   writer.close()
   summary = {

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -73,19 +73,32 @@ def jitted_train_step(model, schedule, seed: int):
       steps.make_train_step(loss_fn, schedule, jax.random.PRNGKey(seed + 2)))
 
 
-def graph_ranks(batch, logits):
-  """Per-example evaluation outputs of a ``GraphBatch`` scored by ``logits`` [B, I]."""
+def graph_ranks(batch, logits, top_k: int = 0):
+  """Per-example evaluation outputs of a ``GraphBatch`` scored by ``logits`` [B, I]
+  (with ``top_k`` > 0 also its top-k items)."""
   return {**evaluate_lib.ranks_from_scores(logits, batch.targets, batch.graph_mask,
-                                           batch.negatives),
+                                           batch.negatives, top_k=top_k),
           "index": batch.index, "target": batch.targets}
 
 
-def make_evaluator(model, ks):
-  """``evaluate(params, graphs, batch_size, aliases=False, return_examples=False)``."""
+def save_examples(workdir: str, split_name: str, examples, split, train, *,
+                  model: str, num_items: int, ks, extra=None) -> str:
+  """Writes the per-example results of ``split`` (``sbrjax.train.evaluate``)."""
+  return evaluate_lib.save_split_examples(
+      workdir, split_name, examples, lengths=split.lengths,
+      train_counts=evaluate_lib.train_counts(train.targets, num_items),
+      metadata={"model": model, "num_items": int(num_items), "ks": list(ks),
+                **(extra or {})})
+
+
+def make_evaluator(model, ks, top_k: Optional[int] = None):
+  """``evaluate(params, graphs, batch_size, aliases=False, return_examples=False)``;
+  the per-example rows carry the top ``top_k`` items (default: the largest K)."""
+  top_k = max(ks) if top_k is None else top_k
 
   def rank_fn(params, batch):
     out = model.apply({"params": params["sbr"]}, batch, deterministic=True)
-    return graph_ranks(batch, out.logits)
+    return graph_ranks(batch, out.logits, top_k)
 
   inner = evaluate_lib.make_evaluator(rank_fn, ks)
 
@@ -145,8 +158,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   best = result["best_params"]
   aliases = bool(config.eval.p_at_k_alias)
-  test = evaluate(best, test_graphs, eval_bs, aliases)
-  valid = evaluate(best, valid_graphs, eval_bs, aliases)
+  test, test_rows = evaluate(best, test_graphs, eval_bs, aliases, return_examples=True)
+  valid, valid_rows = evaluate(best, valid_graphs, eval_bs, aliases, return_examples=True)
+  for name, rows in (("test", test_rows), ("valid", valid_rows)):
+    save_examples(workdir, name, rows, getattr(data, name), data.train, model=cfg.backbone,
+                  num_items=data.num_items, ks=ks,
+                  extra={"job": "sbr", "dataset": data.name, "data_fingerprint": data.fingerprint})
   writer.write_scalars(int(result["state"].step),
                        {f"eval/test/{k}": v for k, v in test.items()})
   writer.close()

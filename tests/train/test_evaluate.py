@@ -66,3 +66,83 @@ def test_all_masked_batches_raise():
   batch = (np.zeros((2, 4), np.float32), np.zeros(2, np.int32), np.zeros(2, bool), None)
   with pytest.raises(ValueError, match="No examples"):
     evaluate(jnp.float32(1.0), [batch])
+
+
+# ---------------------------------------------------------------- per-example files
+
+
+def test_top_items_match_a_stable_numpy_sort_with_ties():
+  rng = np.random.default_rng(3)
+  scores = np.round(rng.normal(size=(6, 40)), 1).astype(np.float32)  # many ties
+  out = evaluate_lib.top_items(jnp.asarray(scores), 7)
+  # Best first; equal scores keep the lower id first.
+  ref = np.argsort(-scores, axis=1, kind="stable")[:, :7]
+  np.testing.assert_array_equal(np.asarray(out["top/items"]), ref)
+  np.testing.assert_array_equal(np.asarray(out["top/scores"]),
+                                np.take_along_axis(scores, ref, 1))
+  assert evaluate_lib.top_items(jnp.asarray(scores), 100)["top/items"].shape == (6, 40)
+
+
+def test_example_files_round_trip_with_metadata(tmp_path):
+  cols = {"index": np.arange(5, dtype=np.int32), "rank/full": np.array([1, 3, 2, 9, 4], np.int32),
+          "top/items": np.arange(15, dtype=np.int32).reshape(5, 3),
+          "top/scores": np.linspace(0, 1, 15, dtype=np.float32).reshape(5, 3)}
+  path = str(tmp_path / "examples" / "test.parquet")
+  evaluate_lib.save_examples(path, cols, {"model": "m", "ks": [5]})
+  got, meta = evaluate_lib.load_examples(path)
+  assert meta == {"model": "m", "ks": [5]}
+  for k, v in cols.items():
+    np.testing.assert_array_equal(got[k], v)
+    assert got[k].dtype == v.dtype
+  assert [p.name for p in (tmp_path / "examples").iterdir()] == ["test.parquet"]  # no temp left
+  with pytest.raises(ValueError, match="rows"):
+    evaluate_lib.save_examples(path, {"a": np.zeros(2), "b": np.zeros(3)}, {})
+  with pytest.raises(FileNotFoundError, match="per-example"):
+    evaluate_lib.load_examples(str(tmp_path / "missing.parquet"))
+
+
+def test_sbr_run_writes_examples_that_agree_with_its_metrics(tiny_config, tmp_path):
+  import json
+  import os
+  import jax
+  from sbrjax import metrics
+  from sbrjax.data import graphs as graphs_lib
+  from sbrjax.data import prepared
+  from sbrjax import pipeline
+  from sbrjax.sbr import export
+  wd = str(tmp_path / "run")
+  pipeline.run(tiny_config, wd)
+  results = json.load(open(os.path.join(wd, "results.json")))
+  data = prepared.load_prepared(tiny_config.data)
+  ks = tuple(tiny_config.eval.ks)
+  counts = np.bincount(data.train.targets, minlength=data.num_items)
+  model, params, _, _ = export.load_backbone(wd)
+  score = jax.jit(lambda p, b: model.apply({"params": p["sbr"]}, b, deterministic=True).logits)
+  for split in ("test", "valid"):
+    cols, meta = evaluate_lib.load_examples(evaluate_lib.examples_path(wd, split))
+    assert meta["split"] == split and meta["ks"] == list(ks)
+    sp = getattr(data, split)
+    np.testing.assert_array_equal(np.sort(cols["index"]), np.arange(len(sp)))
+    idx = cols["index"]
+    np.testing.assert_array_equal(cols["target"], sp.targets[idx])
+    np.testing.assert_array_equal(cols["session_length"], sp.lengths[idx])
+    np.testing.assert_array_equal(cols["target_train_count"], counts[sp.targets[idx]])
+    # The aggregate metrics, recomputed from the file's ranks with NumPy.
+    for mode in ("full", "sampled"):
+      r = cols[f"rank/{mode}"].astype(np.float64)
+      for k in ks:
+        hit = r <= k
+        ref = {"HR": hit.mean(), "NDCG": np.where(hit, 1 / np.log2(r + 1), 0).mean(),
+               "MRR": np.where(hit, 1 / r, 0).mean()}
+        for name, value in ref.items():
+          assert abs(results[split][f"{mode}/{name}@{k}"] - value) <= 1e-6, (split, mode, name)
+    # Top items and ranks against brute force over the best parameters' scores.
+    graphs = graphs_lib.build_graphs(sp, tiny_config.data.max_len)
+    logits = np.asarray(score(params, graphs_lib.make_batch(graphs, np.arange(len(sp)),
+                                                            len(sp))))
+    ref_top = np.argsort(-logits, axis=1, kind="stable")[:, :max(ks)]
+    np.testing.assert_array_equal(cols["top/items"], ref_top[idx])
+    np.testing.assert_allclose(cols["top/scores"], np.take_along_axis(logits, ref_top, 1)[idx],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cols["rank/full"],
+                                  metrics.numpy_reference_ranks(logits, sp.targets)[idx])
