@@ -1,5 +1,9 @@
 """Graph session-based recommendation backbones: SR-GNN, GC-SAN, NISER+, TAGNN.
 
+``create_model`` also builds the backbones of other modules: GCE-GNN
+(``sbrjax.models.gcegnn``), S^2-DHCN (``sbrjax.models.hypergraph``) and HCGR
+(``sbrjax.models.hcgr``).
+
 Every backbone reads a ``sbrjax.data.graphs.GraphBatch`` and returns an
 ``SBROutput``. Shared conventions:
 
@@ -22,141 +26,24 @@ Every backbone reads a ``sbrjax.data.graphs.GraphBatch`` and returns an
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Optional
+from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# The shared interface lives in models.backbone; re-exported here so callers
+# keep writing sbr.SBRConfig, sbr.SBROutput, sbr.click_mask, ...
+from sbrjax.models.backbone import (SBRConfig, SBROutput, click_mask,  # noqa: F401
+                                    l2_normalize, last_click, masked_softmax)
+from sbrjax.models.backbone import dense as _dense
+from sbrjax.models.gcegnn import GCEGNN
 from sbrjax.models.gnn import GatedGNN, uniform_init
+from sbrjax.models.hcgr import HCGR
+from sbrjax.models.hypergraph import S2DHCN
+from sbrjax.models.readouts import SoftAttentionReadout
 
-BACKBONES = ("srgnn", "gcsan", "niser", "tagnn")
-
-
-@dataclasses.dataclass(frozen=True)
-class SBRConfig:
-  """Configuration of a graph SBR backbone.
-
-  Attributes:
-    backbone: one of ``BACKBONES``.
-    num_items: catalog size I (item ids in [0, I)).
-    embed_dim: width D of item embeddings and node states.
-    gnn_steps: gated-GNN propagation steps (shared weights).
-    dropout: dropout rate on the input item embeddings of the graph nodes
-      (NISER+'s item dropout; 0 reproduces SR-GNN, GC-SAN and TAGNN, whose
-      reference code has no embedding dropout).
-    gcsan_blocks: number of GC-SAN self-attention blocks.
-    gcsan_heads: attention heads (must divide ``embed_dim``; the paper uses 1).
-    gcsan_ffn_dim: inner width of the point-wise FFN (None: ``embed_dim``).
-    gcsan_dropout: dropout on attention probabilities and FFN outputs.
-    gcsan_weight: w in ``final = w * attn_last + (1 - w) * last_click``.
-    niser_scale: NISER's scale sigma on the cosine logits.
-    niser_max_len: number of NISER+ position embeddings; batches must have
-      ``max_len <= niser_max_len``.
-    tagnn_item_chunk: if > 0, TAGNN computes its target-aware scores over
-      item chunks of this size (lax.map) to bound memory at
-      O(B * chunk * L) instead of O(B * I * L).
-    dtype: computation dtype (parameters stay float32; logits are float32).
-  """
-
-  backbone: str
-  num_items: int
-  embed_dim: int = 100
-  gnn_steps: int = 1
-  dropout: float = 0.0
-  gcsan_blocks: int = 1
-  gcsan_heads: int = 1
-  gcsan_ffn_dim: Optional[int] = None
-  gcsan_dropout: float = 0.0
-  gcsan_weight: float = 0.6
-  niser_scale: float = 12.0
-  niser_max_len: int = 50
-  tagnn_item_chunk: int = 0
-  dtype: Any = jnp.float32
-
-
-@flax.struct.dataclass
-class SBROutput:
-  """What a backbone computes for one batch.
-
-  Attributes:
-    item_embeddings: [I, D] the scoring table (L2-normalised for NISER+).
-    node_states: [N_pad, D] node states after the gated GNN.
-    seq_states: [B, L, D] states of the clicks in order (with NISER+'s
-      position embeddings added); rows past ``lengths`` are padding.
-    local: [B, D] last-click state s_l as used by the readout.
-    global_: [B, D] global preference (SR-GNN/NISER+/TAGNN: attention
-      readout s_g; GC-SAN: last self-attention output at the last click).
-    final: [B, D] session embedding that scores items (TAGNN: the
-      target-independent part s_h; NISER+: unit norm, before the scale).
-    logits: [B, I] float32 scores over the catalog (None from
-      ``session_representations``).
-  """
-
-  item_embeddings: jax.Array
-  node_states: jax.Array
-  seq_states: jax.Array
-  local: jax.Array
-  global_: jax.Array
-  final: jax.Array
-  logits: Optional[jax.Array] = None
-
-
-def click_mask(lengths: jax.Array, max_len: int) -> jax.Array:
-  """bool [B, L]: True for the first ``lengths[b]`` clicks of row b."""
-  return jnp.arange(max_len)[None, :] < lengths[:, None]
-
-
-def last_click(seq_states: jax.Array, lengths: jax.Array) -> jax.Array:
-  """[B, D] state at click ``lengths - 1`` (click 0 for empty rows)."""
-  last = jnp.maximum(lengths - 1, 0)
-  return seq_states[jnp.arange(seq_states.shape[0]), last]
-
-
-def masked_softmax(logits: jax.Array, mask: jax.Array,
-                   axis: int = -1) -> jax.Array:
-  """Softmax over ``axis`` ignoring masked entries (uniform if all masked)."""
-  fill = jnp.finfo(logits.dtype).min
-  return jax.nn.softmax(jnp.where(mask, logits, fill), axis=axis)
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||, eps) along the last axis (torch F.normalize)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
-
-
-def _dense(features: int, dim: int, dtype, *, use_bias: bool = True,
-           name: Optional[str] = None) -> nn.Dense:
-  init = uniform_init(1.0 / dim**0.5)
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=init,
-                  bias_init=init, name=name)
-
-
-class SoftAttentionReadout(nn.Module):
-  """SR-GNN readout; ``softmax=True`` normalises alpha over clicks (TAGNN).
-
-  Returns (s_g [B, D], s_h [B, D]).
-  """
-
-  dim: int
-  softmax: bool = False
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, seq: jax.Array, last: jax.Array, mask: jax.Array):
-    q1 = _dense(self.dim, self.dim, self.dtype, name="w1")(last)  # W1 v_n + c
-    q2 = _dense(self.dim, self.dim, self.dtype, use_bias=False,
-                name="w2")(seq)  # [B, L, D]
-    e = _dense(1, self.dim, self.dtype, use_bias=False, name="q")(
-        jax.nn.sigmoid(q1[:, None, :] + q2))[..., 0]  # [B, L]
-    alpha = masked_softmax(e, mask) if self.softmax else jnp.where(mask, e, 0)
-    s_g = jnp.einsum("bl,bld->bd", alpha, seq)
-    s_h = _dense(self.dim, self.dim, self.dtype, name="w3")(
-        jnp.concatenate([last, s_g], axis=-1))
-    return s_g, s_h
+BACKBONES = ("srgnn", "gcsan", "niser", "tagnn", "gcegnn", "s2dhcn", "hcgr")
 
 
 class SelfAttentionBlock(nn.Module):
@@ -386,7 +273,8 @@ class TAGNN(SRGNN):
     return out.replace(logits=logits)
 
 
-_MODELS = {"srgnn": SRGNN, "gcsan": GCSAN, "niser": NISER, "tagnn": TAGNN}
+_MODELS = {"srgnn": SRGNN, "gcsan": GCSAN, "niser": NISER, "tagnn": TAGNN,
+           "gcegnn": GCEGNN, "s2dhcn": S2DHCN, "hcgr": HCGR}
 
 
 def create_model(cfg: SBRConfig) -> nn.Module:
