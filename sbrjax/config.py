@@ -65,7 +65,7 @@ def base_config(locked: bool = True) -> ml_collections.ConfigDict:
 
   # ---- SBR backbone (sbrjax.models.sbr.create_model; fields of SBRConfig).
   config.sbr = sbr = ml_collections.ConfigDict()
-  sbr.backbone = "srgnn"            # srgnn | gcsan | niser | tagnn | fpmc | caser | gru4rec | narm | stamp
+  sbr.backbone = "srgnn"            # srgnn | gcsan | niser | tagnn | gcegnn | s2dhcn | hcgr | fpmc | caser | gru4rec | narm | stamp
   sbr.embed_dim = 100
   sbr.gnn_steps = 1
   sbr.dropout = 0.0                 # item-embedding dropout (NISER+, NARM); 0 in SR-GNN/GC-SAN
@@ -80,6 +80,26 @@ def base_config(locked: bool = True) -> ml_collections.ConfigDict:
   sbr.caser_h_filters = 16          # Caser's n_h: horizontal filters per height 1..L (paper: 16)
   sbr.caser_v_filters = 4           # Caser's n_v: vertical filters (paper: 4)
   sbr.stamp_add_mean = False        # STAMP: h_s from m_a + m_s (official code, RecBole) not m_a (paper)
+  sbr.pos_max_len = 200             # GCE-GNN / S2-DHCN reversed-position table (reference: 200)
+  # GCE-GNN (reference defaults): global graph from the training split, items within
+  # `window` clicks linked, top `neighbors` by frequency kept (resampled with `seed`).
+  sbr.gcegnn_hops = 1               # global aggregation depth (n_iter: 1 or 2)
+  sbr.gcegnn_neighbors = 12
+  sbr.gcegnn_window = 3
+  sbr.gcegnn_seed = 0
+  sbr.gcegnn_dropout_local = 0.0    # on session-level item representations
+  sbr.gcegnn_dropout_global = 0.5   # on global-level item representations
+  sbr.gcegnn_dropout_gcn = 0.0      # inside the global aggregator
+  # S2-DHCN (reference defaults): hypergraph of the training split + line-graph SSL loss.
+  sbr.s2dhcn_layers = 3
+  sbr.s2dhcn_beta = 0.01            # weight of the self-supervised loss
+  sbr.s2dhcn_hyperedges = "sessions"  # "sessions" (paper) | "examples" (reference code: prefixes)
+  # HCGR (a reconstruction, see sbrjax/models/hcgr.py): Lorentz model, contrastive term.
+  sbr.hcgr_layers = 1
+  sbr.hcgr_curvature = 1.0          # K (sectional curvature -1/K)
+  sbr.hcgr_cl_weight = 0.1          # lambda of the geodesic contrastive term (0 disables it)
+  sbr.hcgr_cl_temperature = 1.0
+  sbr.hcgr_cl_negatives = 100       # items drawn per session as negatives
 
   # ---- Optimisation (SR-GNN paper defaults: Adam 1e-3, x0.1 every 3 epochs, L2 1e-5).
   config.train = train = ml_collections.ConfigDict()

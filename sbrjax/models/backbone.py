@@ -10,19 +10,79 @@ every name defined here (``sbr.SBRConfig``, ``sbr.SBROutput``, ...).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sbrjax.models.gnn import uniform_init
 
 
+class GlobalGraph:
+  """Catalog-wide arrays built once from the training split (by ``sbrjax.data.item_graphs``).
+
+  GCE-GNN's global item graph and S^2-DHCN's hypergraph operator reach their
+  model through this container: ``SBRConfig.global_graph`` carries it, the
+  model copies each array into its parameter tree under ``global_graph/``
+  (label "constant" in ``sbrjax.train.labels``: never trained, saved with
+  the checkpoint) and reads it back from the parameters, so the arrays are
+  arguments of the jitted step instead of constants XLA would try to fold.
+  Equality and hashing go by ``digest`` (the cache key of the arrays), which
+  keeps ``SBRConfig`` hashable.
+
+  Attributes:
+    kind: what the arrays are ("gcegnn" or "hypergraph").
+    digest: hex digest of the arrays' provenance (data fingerprint + settings).
+    arrays: name -> numpy array.
+  """
+
+  def __init__(self, kind: str, digest: str, arrays: Mapping[str, np.ndarray]):
+    self.kind = kind
+    self.digest = digest
+    self.arrays = dict(arrays)
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, GlobalGraph) and (self.kind, self.digest) == (other.kind,
+                                                                          other.digest)
+
+  def __hash__(self) -> int:
+    return hash((self.kind, self.digest))
+
+  def __repr__(self) -> str:
+    shapes = {k: tuple(v.shape) for k, v in sorted(self.arrays.items())}
+    return f"GlobalGraph(kind={self.kind!r}, digest={self.digest!r}, arrays={shapes})"
+
+
+class GlobalGraphParams(nn.Module):
+  """Copies a ``GlobalGraph``'s arrays into the parameters, returns them gradient-free.
+
+  The leaves sit at ``.../global_graph/<name>`` (label "constant": frozen by
+  every optimizer) as float32 (integer ids included; exact below 2**24, which
+  ``sbrjax.data.item_graphs`` checks), so ``jax.grad`` accepts the tree.
+  """
+
+  graph: GlobalGraph
+
+  @nn.compact
+  def __call__(self) -> Dict[str, jax.Array]:
+    out = {}
+    for name, value in sorted(self.graph.arrays.items()):
+      leaf = self.param(name, lambda _, v=value: jnp.asarray(v, jnp.float32))
+      if leaf.dtype != jnp.float32 or leaf.shape != value.shape:
+        raise ValueError(
+            f"global_graph/{name} is {leaf.dtype}{list(leaf.shape)} in the parameters but "
+            f"float32{list(value.shape)} in SBRConfig.global_graph ({self.graph.kind}); "
+            "keep these leaves float32 and restore checkpoints built from the same data.")
+      out[name] = jax.lax.stop_gradient(leaf)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class SBRConfig:
-  """Configuration of an SBR backbone (graph or sequence).
+  """Configuration of an SBR backbone (graph, hypergraph or sequence).
 
   Attributes:
     backbone: one of ``BACKBONES``.
@@ -53,6 +113,28 @@ class SBRConfig:
     caser_v_filters: Caser's n_v, vertical filters.
     stamp_add_mean: STAMP's h_s reads m_a + m_s (the official code and
       RecBole) instead of the paper's m_a.
+    pos_max_len: size of the reversed-position table of GCE-GNN and S^2-DHCN
+      (200 in both references); batches must have ``max_len <= pos_max_len``.
+    gcegnn_hops: GCE-GNN's global aggregation depth (``n_iter``, 1 or 2).
+    gcegnn_neighbors: neighbours kept per item in the global graph (N = 12).
+    gcegnn_window: epsilon, the largest click distance that links two items
+      in the global graph (3 in the reference ``build_graph.py``).
+    gcegnn_seed: seed of the global graph's neighbour resampling.
+    gcegnn_dropout_local / gcegnn_dropout_global: dropout on the session-level
+      and global-level item representations before they are summed.
+    gcegnn_dropout_gcn: dropout inside the global aggregator.
+    s2dhcn_layers: hypergraph / line-graph convolution layers L.
+    s2dhcn_beta: weight beta of S^2-DHCN's self-supervised loss.
+    s2dhcn_hyperedges: "sessions" (paper: one hyperedge per training
+      sequence) or "examples" (reference code: one per training example,
+      i.e. every augmented prefix).
+    hcgr_layers: hyperbolic graph attention layers.
+    hcgr_curvature: K of the Lorentz model (sectional curvature -1/K).
+    hcgr_cl_weight: weight lambda of HCGR's contrastive term.
+    hcgr_cl_temperature: temperature tau of the contrastive term.
+    hcgr_cl_negatives: items drawn per session as the term's negatives.
+    global_graph: GCE-GNN's / S^2-DHCN's arrays built from the training
+      split (None for every other backbone; see ``GlobalGraph``).
     dtype: computation dtype (parameters stay float32; logits are float32).
   """
 
@@ -74,6 +156,23 @@ class SBRConfig:
   caser_h_filters: int = 16
   caser_v_filters: int = 4
   stamp_add_mean: bool = False
+  pos_max_len: int = 200
+  gcegnn_hops: int = 1
+  gcegnn_neighbors: int = 12
+  gcegnn_window: int = 3
+  gcegnn_seed: int = 0
+  gcegnn_dropout_local: float = 0.0
+  gcegnn_dropout_global: float = 0.5
+  gcegnn_dropout_gcn: float = 0.0
+  s2dhcn_layers: int = 3
+  s2dhcn_beta: float = 0.01
+  s2dhcn_hyperedges: str = "sessions"
+  hcgr_layers: int = 1
+  hcgr_curvature: float = 1.0
+  hcgr_cl_weight: float = 0.1
+  hcgr_cl_temperature: float = 1.0
+  hcgr_cl_negatives: int = 100
+  global_graph: Optional[GlobalGraph] = None
   dtype: Any = jnp.float32
 
 
@@ -99,6 +198,10 @@ class SBROutput:
       target-independent part s_h; NISER+: unit norm, before the scale).
     logits: [B, I] float32 scores over the catalog (None from
       ``session_representations``).
+    aux_losses: name -> weighted scalar loss a backbone adds to the
+      recommendation loss when training (S^2-DHCN's self-supervised loss,
+      HCGR's contrastive term); None (zero) for the others and whenever
+      ``deterministic=True``. ``auxiliary_loss`` sums them.
   """
 
   item_embeddings: jax.Array
@@ -108,6 +211,13 @@ class SBROutput:
   global_: jax.Array
   final: jax.Array
   logits: Optional[jax.Array] = None
+  aux_losses: Optional[Dict[str, jax.Array]] = None
+
+
+def auxiliary_loss(out: SBROutput) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """(sum of ``out.aux_losses`` as float32, the named parts); (0, {}) without any."""
+  parts = {k: jnp.asarray(v, jnp.float32) for k, v in (out.aux_losses or {}).items()}
+  return sum(parts.values(), jnp.zeros((), jnp.float32)), parts
 
 
 def click_mask(lengths: jax.Array, max_len: int) -> jax.Array:

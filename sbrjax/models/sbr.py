@@ -1,7 +1,9 @@
 """Graph session-based recommendation backbones: SR-GNN, GC-SAN, NISER+, TAGNN.
 
-``create_model`` also builds the sequence backbones of
-``sbrjax.models.sequence`` (FPMC, Caser, GRU4Rec, NARM, STAMP).
+``create_model`` also builds the backbones of other modules: GCE-GNN
+(``sbrjax.models.gcegnn``), S^2-DHCN (``sbrjax.models.hypergraph``), HCGR
+(``sbrjax.models.hcgr``) and the sequence backbones of ``sbrjax.models.sequence``
+(FPMC, Caser, GRU4Rec, NARM, STAMP).
 
 Every backbone reads a ``sbrjax.data.graphs.GraphBatch`` and returns an
 ``SBROutput``. Shared conventions:
@@ -37,33 +39,13 @@ from sbrjax.models.backbone import (SBRConfig, SBROutput, click_mask,  # noqa: F
                                     l2_normalize, last_click, masked_softmax)
 from sbrjax.models.backbone import dense as _dense
 from sbrjax.models import sequence
+from sbrjax.models.gcegnn import GCEGNN
 from sbrjax.models.gnn import GatedGNN, uniform_init
+from sbrjax.models.hcgr import HCGR
+from sbrjax.models.hypergraph import S2DHCN
+from sbrjax.models.readouts import SoftAttentionReadout
 
-BACKBONES = ("srgnn", "gcsan", "niser", "tagnn") + sequence.BACKBONES
-
-
-class SoftAttentionReadout(nn.Module):
-  """SR-GNN readout; ``softmax=True`` normalises alpha over clicks (TAGNN).
-
-  Returns (s_g [B, D], s_h [B, D]).
-  """
-
-  dim: int
-  softmax: bool = False
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, seq: jax.Array, last: jax.Array, mask: jax.Array):
-    q1 = _dense(self.dim, self.dim, self.dtype, name="w1")(last)  # W1 v_n + c
-    q2 = _dense(self.dim, self.dim, self.dtype, use_bias=False,
-                name="w2")(seq)  # [B, L, D]
-    e = _dense(1, self.dim, self.dtype, use_bias=False, name="q")(
-        jax.nn.sigmoid(q1[:, None, :] + q2))[..., 0]  # [B, L]
-    alpha = masked_softmax(e, mask) if self.softmax else jnp.where(mask, e, 0)
-    s_g = jnp.einsum("bl,bld->bd", alpha, seq)
-    s_h = _dense(self.dim, self.dim, self.dtype, name="w3")(
-        jnp.concatenate([last, s_g], axis=-1))
-    return s_g, s_h
+BACKBONES = ("srgnn", "gcsan", "niser", "tagnn", "gcegnn", "s2dhcn", "hcgr") + sequence.BACKBONES
 
 
 class SelfAttentionBlock(nn.Module):
@@ -302,7 +284,7 @@ class TAGNN(SRGNN):
 
 
 _MODELS = {"srgnn": SRGNN, "gcsan": GCSAN, "niser": NISER, "tagnn": TAGNN,
-           **sequence.MODELS}
+           "gcegnn": GCEGNN, "s2dhcn": S2DHCN, "hcgr": HCGR, **sequence.MODELS}
 
 
 def create_model(cfg: SBRConfig) -> nn.Module:

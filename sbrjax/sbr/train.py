@@ -1,10 +1,18 @@
-"""Training and evaluation of an SBR backbone (graph or sequence; ``sbr.create_model``).
+"""Training and evaluation of an SBR backbone (graph, hypergraph or sequence; any of ``sbrjax.models.sbr.BACKBONES``).
 
 ``train_and_evaluate(config, workdir)`` prepares the data, trains with early
 stopping on the validation split, restores the best epoch and scores the
 test split with both protocols (sampled and full ranking). The parameter
 tree is ``{"sbr": backbone_params}`` so its checkpoints drop straight into
 LLMGR and LLM4SBR, whose trees hold the backbone under the same key.
+
+The loss is the masked cross-entropy plus any auxiliary losses the backbone
+reports while training (``SBROutput.aux_losses``: S^2-DHCN's self-supervised
+loss, HCGR's contrastive term); TensorBoard then shows ``train/rec_loss`` and
+each named part beside ``train/loss``. Backbones with a catalog-wide graph
+(GCE-GNN, S^2-DHCN) get it from ``sbr_config``, which builds it from the
+training split with ``sbrjax.data.item_graphs`` (cached beside the prepared
+data, keyed by its fingerprint and the graph settings).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +31,14 @@ from flax.training import train_state
 
 from sbrjax import errors
 from sbrjax.data import graphs as graphs_lib
+from sbrjax.data import item_graphs
 from sbrjax.data import prepared as prepared_lib
+from sbrjax.data.types import PreparedData
+from sbrjax.models import backbone as backbone_lib
 from sbrjax.models import sbr as sbr_lib
 from sbrjax.train import checkpoints as ckpt_lib
 from sbrjax.train import evaluate as evaluate_lib
+from sbrjax.train import labels as labels_lib
 from sbrjax.train import loop
 from sbrjax.train import losses
 from sbrjax.train import optim
@@ -36,9 +48,15 @@ from sbrjax.train import writer as writer_lib
 STAGE = "sbr"
 
 
-def sbr_config(config: ml_collections.ConfigDict, num_items: int) -> sbr_lib.SBRConfig:
-  """The frozen model config from the ``sbr`` section (fields checked by name)."""
-  fields = {f.name for f in dataclasses.fields(sbr_lib.SBRConfig)}
+def sbr_config(config: ml_collections.ConfigDict, num_items: int,
+               data: Optional[PreparedData] = None) -> sbr_lib.SBRConfig:
+  """The frozen model config from the ``sbr`` section (fields checked by name).
+
+  For a backbone with a catalog-wide graph (``global_graph_spec``) the graph
+  of the training split of ``data`` (default: ``load_prepared(config.data)``,
+  read from its cache) is loaded or built and attached as ``global_graph``.
+  """
+  fields = {f.name for f in dataclasses.fields(sbr_lib.SBRConfig)} - {"global_graph"}
   values = {k: v for k, v in config.sbr.to_dict().items() if k in fields}
   unknown = set(config.sbr.keys()) - fields
   if unknown:
@@ -46,13 +64,43 @@ def sbr_config(config: ml_collections.ConfigDict, num_items: int) -> sbr_lib.SBR
   values["num_items"] = num_items
   # NISER+'s position table must cover the longest session the data yields.
   values["niser_max_len"] = max(int(config.data.max_len), values.get("niser_max_len", 0))
-  return sbr_lib.SBRConfig(**values)
+  cfg = sbr_lib.SBRConfig(**values)
+  spec = global_graph_spec(cfg)
+  if spec is None:
+    return cfg
+  kind, settings = spec
+  if data is None:
+    data = prepared_lib.load_prepared(config.data)
+  if data.num_items != num_items:
+    raise ValueError(f"sbr_config: num_items={num_items} but the prepared data "
+                     f"{data.name} has {data.num_items} items; build the config for that data.")
+  arrays, meta = item_graphs.load_or_build(data, kind, settings,
+                                           prepared_lib.validate(config.data).data_dir)
+  if kind == "hypergraph":
+    arrays = item_graphs.operator_arrays(arrays, num_items)
+  return dataclasses.replace(cfg, global_graph=backbone_lib.GlobalGraph(kind, meta["key"], arrays))
+
+
+def global_graph_spec(cfg: sbr_lib.SBRConfig) -> Optional[Tuple[str, Dict[str, Any]]]:
+  """(kind, settings) of the catalog-wide graph ``cfg.backbone`` needs, or None."""
+  if cfg.backbone == "gcegnn":
+    return "gcegnn", {"window": cfg.gcegnn_window, "num_neighbors": cfg.gcegnn_neighbors,
+                      "seed": cfg.gcegnn_seed}
+  if cfg.backbone == "s2dhcn":
+    if cfg.s2dhcn_hyperedges not in item_graphs.HYPEREDGES:
+      raise ValueError(f"config.sbr.s2dhcn_hyperedges={cfg.s2dhcn_hyperedges!r} is not "
+                       f"supported; choose one of {', '.join(item_graphs.HYPEREDGES)}.")
+    return "hypergraph", {"hyperedges": cfg.s2dhcn_hyperedges}
+  return None
 
 
 def signature(cfg: sbr_lib.SBRConfig, fingerprint: str) -> Dict[str, Any]:
   """What a checkpoint must agree on to be restored into this run."""
-  return {"model": f"sbr/{cfg.backbone}", "num_items": cfg.num_items,
-          "embed_dim": cfg.embed_dim, "data": fingerprint}
+  sig = {"model": f"sbr/{cfg.backbone}", "num_items": cfg.num_items,
+         "embed_dim": cfg.embed_dim, "data": fingerprint}
+  if cfg.global_graph is not None:
+    sig["global_graph"] = cfg.global_graph.digest
+  return sig
 
 
 def init_params(model, batch, seed: int):
@@ -61,16 +109,21 @@ def init_params(model, batch, seed: int):
   return {"sbr": variables["params"]}
 
 
-def jitted_train_step(model, schedule, seed: int):
-  """The backbone's jitted train step (masked cross-entropy, dropout on)."""
+def jitted_train_step(model, schedule, seed: int, trainable_mask: Any = None):
+  """The backbone's jitted train step (masked cross-entropy + auxiliary losses, dropout on)."""
 
   def loss_fn(params, batch, rng):
     out = model.apply({"params": params["sbr"]}, batch, deterministic=False,
                       rngs={"dropout": rng})
-    return losses.masked_xent(out.logits, batch.targets, batch.graph_mask), {}
+    rec = losses.masked_xent(out.logits, batch.targets, batch.graph_mask)
+    aux, parts = backbone_lib.auxiliary_loss(out)
+    if not parts:
+      return rec, {}
+    return rec + aux, {"rec_loss": rec, **parts}
 
   return steps.jit_train_step(
-      steps.make_train_step(loss_fn, schedule, jax.random.PRNGKey(seed + 2)))
+      steps.make_train_step(loss_fn, schedule, jax.random.PRNGKey(seed + 2),
+                            trainable_mask=trainable_mask))
 
 
 def graph_ranks(batch, logits, top_k: int = 0):
@@ -113,7 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """Trains the configured backbone and writes ``results.json`` in ``workdir``."""
   t_start = time.perf_counter()
   data = prepared_lib.load_prepared(config.data)
-  cfg = sbr_config(config, data.num_items)
+  cfg = sbr_config(config, data.num_items, data)
   model = sbr_lib.create_model(cfg)
   max_len = int(config.data.max_len)
   train_graphs = graphs_lib.build_graphs(data.train, max_len)
@@ -149,7 +202,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   seed = int(config.seed)
   result = loop.run_stage(
       spec, stage_dir=loop.stage_dir(workdir, STAGE), state=state, signature=sig,
-      train_step=jitted_train_step(model, schedule, seed),
+      train_step=jitted_train_step(model, schedule, seed,
+                                   labels_lib.trainable_mask(params, ("sbr",))),
       train_batches=lambda epoch: graphs_lib.iterate_batches(
           train_graphs, bs, shuffle=True, seed=seed, epoch=epoch),
       steps_per_epoch=steps_per_epoch, batch_size=bs,
@@ -175,6 +229,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "wall_seconds": time.perf_counter() - t_start,
       "valid": valid, "test": test, "config": json.loads(config.to_json_best_effort()),
   }
+  if cfg.global_graph is not None:
+    summary["global_graph"] = {"kind": cfg.global_graph.kind, "key": cfg.global_graph.digest,
+                               "arrays": {k: list(v.shape)
+                                          for k, v in cfg.global_graph.arrays.items()}}
   writer_lib.write_json_atomic(os.path.join(workdir, "results.json"), summary)
   logging.info("Test metrics: %s", json.dumps(test))
   return summary

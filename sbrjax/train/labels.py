@@ -6,7 +6,11 @@ labels, so a parameter's role is decided in exactly one place.
 The parameter tree of every sbrjax model has top-level groups:
 ``sbr`` (graph backbone), ``llm`` (LLaMA; adapters live under ``.../lora/``),
 ``f_in`` (SBR -> LLM projection), ``f_out`` (item head), ``fusion``
-(LLM4SBR intent projection and fusion).
+(LLM4SBR intent projection and fusion). Leaves under a ``global_graph/``
+scope are data, not weights (GCE-GNN's global item graph, S^2-DHCN's
+hypergraph; ``sbrjax.models.backbone.GlobalGraphParams``): their label
+"constant" is never among a stage's trainable labels, so every optimizer
+leaves them unchanged (no weight decay, no optimizer state).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Iterable, Tuple
 import jax
 
 LABEL_RULES: Tuple[Tuple[str, str], ...] = (
+    (r"(^|/)global_graph/", "constant"),
     (r"(^|/)lora/", "lora"),
     (r"^sbr/", "sbr"),
     (r"^f_in/", "f_in"),
@@ -62,5 +67,7 @@ def trainable_mask(params: Any, trainable: Iterable[str]) -> Any:
   unknown = trainable - set(LABELS)
   if unknown:
     raise ValueError(f"Unknown trainable labels {sorted(unknown)}; choose from {LABELS}.")
+  if "constant" in trainable:
+    raise ValueError("The label 'constant' (global_graph/ data arrays) cannot be trained.")
   return jax.tree_util.tree_map_with_path(
       lambda p, _: "trainable" if param_label(p) in trainable else "frozen", params)

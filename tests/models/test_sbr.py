@@ -8,9 +8,11 @@ import numpy as np
 import optax
 import pytest
 
+from sbrjax.data import item_graphs
 from sbrjax.data.graphs import build_graphs, make_batch
 from sbrjax.data.types import Split
 from sbrjax.models import sequence
+from sbrjax.models.backbone import GlobalGraph
 from sbrjax.models.sbr import (BACKBONES, SBRConfig, SBROutput, create_model,
                                target_aware_scores)
 
@@ -36,10 +38,22 @@ def make_split(seqs):
 GRAPHS = build_graphs(make_split(SESSIONS), MAX_LEN)
 
 
+def global_graph(name):
+  """The catalog-wide graph a backbone needs, built from the toy sessions (or None)."""
+  seqs = item_graphs.training_sequences(make_split(SESSIONS))
+  if name == "gcegnn":
+    return GlobalGraph("gcegnn", "toy", item_graphs.gcegnn_graph(seqs, NUM_ITEMS, 3, 4))
+  if name == "s2dhcn":
+    coo = item_graphs.hypergraph_operator(seqs, NUM_ITEMS)
+    return GlobalGraph("hypergraph", "toy", item_graphs.operator_arrays(coo, NUM_ITEMS))
+  return None
+
+
 def config(name, **kw):
   # Non-zero dropout everywhere: deterministic=True must switch it off.
   kw = dict(dict(embed_dim=8, dropout=0.3, gcsan_dropout=0.3, gcsan_heads=2,
-                 gcsan_blocks=1, gnn_steps=1), **kw)
+                 gcsan_blocks=1, gnn_steps=1, gcegnn_dropout_local=0.3,
+                 global_graph=global_graph(name)), **kw)
   return SBRConfig(name, NUM_ITEMS, **kw)
 
 

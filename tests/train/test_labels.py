@@ -29,3 +29,31 @@ def test_label_tree_follows_key_paths():
   assert labels.label_tree(tree) == {"sbr": {"w": "sbr"},
                                      "llm": {"q_proj": {"kernel": "llm_base",
                                                         "lora": {"b": "lora"}}}}
+
+
+def test_global_graph_leaves_are_constants_that_no_stage_trains():
+  assert labels.param_label("sbr/global_graph/neighbors") == "constant"
+  assert labels.param_label("sbr/item_embedding/embedding") == "sbr"
+  tree = {"sbr": {"global_graph": {"weights": jnp.ones(2)}, "w": jnp.ones(2)}}
+  assert labels.trainable_mask(tree, ("sbr",)) == {
+      "sbr": {"global_graph": {"weights": "frozen"}, "w": "trainable"}}
+  with pytest.raises(ValueError, match="'constant'"):
+    labels.trainable_mask(tree, ("sbr", "constant"))
+
+
+def test_optimizer_with_weight_decay_leaves_global_graph_leaves_unchanged():
+  import ml_collections
+  import optax
+  from sbrjax.train import optim
+  train = ml_collections.ConfigDict(dict(optimizer="adam", learning_rate=0.1,
+                                         weight_decay=0.5, weight_decay_mode="l2",
+                                         grad_clip_norm=0.0))
+  params = {"sbr": {"global_graph": {"weights": jnp.full(3, 2.0)}, "w": jnp.ones(3)}}
+  tx = optim.make_optimizer(train, optax.constant_schedule(0.1), params, trainable=("sbr",))
+  state = tx.init(params)
+  grads = {"sbr": {"global_graph": {"weights": jnp.ones(3)}, "w": jnp.ones(3)}}
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  assert (params["sbr"]["global_graph"]["weights"] == 2.0).all()
+  assert (params["sbr"]["w"] != 1.0).all()

@@ -1,0 +1,22 @@
+"""S^2-DHCN (Xia et al. 2021) on ml-100k with the LLMGR baseline settings (baselines_ml100k.py).
+
+Reference defaults: 3 convolution layers, self-supervised loss weight
+beta = 0.01, one hyperedge per training sequence (the paper; the reference
+code's hyperedges are every training prefix: --config.sbr.s2dhcn_hyperedges=examples).
+The model has no dropout (none in the reference), so LLMGR's dropout 0.3 has
+no place to go.
+"""
+
+import os
+
+from sbrjax.config import load_config_file
+
+
+def get_config():
+  config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                         "baselines_ml100k.py"))
+  config.sbr.backbone = "s2dhcn"
+  config.sbr.s2dhcn_layers = 3
+  config.sbr.s2dhcn_beta = 0.01
+  config.sbr.s2dhcn_hyperedges = "sessions"
+  return config
