@@ -1,4 +1,4 @@
-"""GCE-GNN (Wang et al. 2020) on ml-100k with the LLMGR baseline settings (baselines_ml100k.py).
+"""GCE-GNN (Wang et al. 2020) on ml-100k with the LLMGR baseline settings (sbr_ml100k_base.py).
 
 Global item graph from the training split: items within 3 clicks linked, the
 12 most frequent neighbours kept (reference build_graph.py); one global hop
@@ -14,7 +14,7 @@ from sbrjax.config import load_config_file
 
 def get_config():
   config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                         "baselines_ml100k.py"))
+                                         "sbr_ml100k_base.py"))
   config.sbr.backbone = "gcegnn"
   config.sbr.gcegnn_hops = 1
   config.sbr.gcegnn_neighbors = 12

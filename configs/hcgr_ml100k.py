@@ -1,4 +1,4 @@
-"""HCGR (Guo et al. 2022) on ml-100k with the LLMGR baseline settings (baselines_ml100k.py).
+"""HCGR (Guo et al. 2022) on ml-100k with the LLMGR baseline settings (sbr_ml100k_base.py).
 
 HCGR here is a reconstruction (see sbrjax/models/hcgr.py: the paper's full
 text and code were not available): one hyperbolic attention layer on the
@@ -14,7 +14,7 @@ from sbrjax.config import load_config_file
 
 def get_config():
   config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                         "baselines_ml100k.py"))
+                                         "sbr_ml100k_base.py"))
   config.sbr.backbone = "hcgr"
   config.sbr.dropout = 0.3                 # LLMGR's dropout 0.3, on item embeddings
   config.sbr.hcgr_layers = 1

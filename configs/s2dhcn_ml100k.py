@@ -1,4 +1,4 @@
-"""S^2-DHCN (Xia et al. 2021) on ml-100k with the LLMGR baseline settings (baselines_ml100k.py).
+"""S^2-DHCN (Xia et al. 2021) on ml-100k with the LLMGR baseline settings (sbr_ml100k_base.py).
 
 Reference defaults: 3 convolution layers, self-supervised loss weight
 beta = 0.01, one hyperedge per training sequence (the paper; the reference
@@ -14,7 +14,7 @@ from sbrjax.config import load_config_file
 
 def get_config():
   config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                         "baselines_ml100k.py"))
+                                         "sbr_ml100k_base.py"))
   config.sbr.backbone = "s2dhcn"
   config.sbr.s2dhcn_layers = 3
   config.sbr.s2dhcn_beta = 0.01
