@@ -2,7 +2,11 @@
 
 Prints JSON: prompts/s of a stage-1 (aux) train step, a stage-2 (major) train
 step and evaluation for configs/llmgr_ml100k.py (real SmolLM2 weights and
-tokenizer, real ml-100k prompts; medians over steps after compilation), and,
+tokenizer, real ml-100k prompts; medians over steps after compilation), with
+where a step's time goes: the forward pass alone (``*_forward_prompts_per_s``;
+the rest of a step is the backward pass and the update), XLA's FLOP count
+per prompt, and the fraction of prompt positions that are padding at the
+batch's length bucket (compute spent on nothing). Then,
 for the LLaMA-2-7B configuration (configs/llmgr_music.py shapes), the
 parameter count, trainable parameters per stage and bytes, from the memory
 report's ``jax.eval_shape`` of the trainer's own parameter tree (nothing
@@ -61,7 +65,8 @@ def default_throughput(steps: int):
       "aux": [llmgr_data.node_text_examples(data.num_items, enc, limit=n // 2),
               llmgr_data.contrastive_examples(data.train, data.num_items, enc,
                                               num_candidates=g.num_candidates,
-                                              max_successors=g.max_successors, limit=n // 2)],
+                                              max_successors=g.max_successors, limit=n // 2,
+                                              mode=g.contrastive)],
       "major": [llmgr_data.behavior_examples(data.train, enc, limit=n)],
   }
   out = {"config": "configs/llmgr_ml100k.py", "batch": bs,
@@ -75,7 +80,8 @@ def default_throughput(steps: int):
     batches = [b for b in batches if b.input_ids.shape[1] == width]
     trainable = tuple(cfg.stages[stage].trainable)
     sched = optim.make_schedule(cfg.train, 10, 100)
-    tx = optim.make_optimizer(cfg.train, sched, params, trainable)
+    tx = optim.make_optimizer(cfg.train, sched, params, trainable,
+                              cfg.stages[stage].label_learning_rates.to_dict())
     mask = labels_lib.trainable_mask(params, trainable)
     step = train_llmgr.jitted_train_step(model, sched, mask, 0)
     holder = {"state": train_state.TrainState.create(
@@ -88,9 +94,16 @@ def default_throughput(steps: int):
     sec = _median_step_time(run, batches)
     cost = step.lower(holder["state"], batches[0]).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    forward = jax.jit(lambda p, b: model.apply({"params": p}, b))
+    fwd_sec = _median_step_time(lambda b: forward(params, b), batches)
+    real = sum(int(b.attention_mask[b.mask].sum()) for b in batches)
+    slots = sum(int(b.mask.sum()) * b.input_ids.shape[1] for b in batches)
     out[f"{stage}_train_prompts_per_s"] = bs / sec
+    out[f"{stage}_forward_prompts_per_s"] = bs / fwd_sec
     out[f"{stage}_train_gflops"] = float(cost["flops"]) / sec / 1e9
+    out[f"{stage}_train_gflop_per_prompt"] = float(cost["flops"]) / bs / 1e9
     out[f"{stage}_prompt_tokens"] = width
+    out[f"{stage}_padding_fraction"] = 1.0 - real / slots
     out[f"{stage}_timed_steps"] = len(batches) - 1
 
   ev_batcher = llmgr_data.PromptBatcher(

@@ -5,8 +5,25 @@ meta-llama/Llama-2-7b-hf, after accepting its licence) and pass
 --config.llm.path=/path/to/Llama-2-7b-hf. The Amazon files download from
 their public URLs or are read from --config.data.manual_dir.
 Paper settings: AdamW, weight decay 1e-2, cosine schedule, batch 16, stage 1
-(auxiliary prompts) 1 epoch, stage 2 (behavior prompt) 3 epochs, GC-SAN backbone.
+(auxiliary prompts) 1 epoch, stage 2 (behavior prompt) 3 epochs, GC-SAN backbone,
+the "Instruction: ... Response:" frame with the head on its last token, ID
+embeddings in every in-session node slot, contrastive prompts answered by all
+listed successors, the paper's item head f_out trained from scratch, one
+learning rate per stage, every prefix of every session (no train_limit).
 Meant for GPUs: bf16 compute, frozen base weights stored in bf16.
+
+Options (each one line; "beyond" = beyond the paper):
+  --config.llmgr.head_init=backbone          beyond: f_out starts from GC-SAN's scores
+  --config.llmgr.head=tied                   beyond: MLP to the SBR space x live item table
+  --config.stages.major.label_learning_rates.sbr=1e-4     beyond: a rate per label
+  --config.stages.major.label_learning_rates.f_out=1e-4   (0 = the stage's rate)
+  --config.train.warmup_steps=100            linear warm-up before the cosine decay
+  --config.llmgr.node_source=gnn             node slots take GNN states (table = paper)
+  --config.llmgr.prompt_frame=none           bare task text (the pre-issue-12 prompts)
+  --config.llmgr.contrastive=legacy          one drawn successor (the pre-issue-12 task)
+  --config.llmgr.control=no_decoder|shuffle_slots   controls: no decoder blocks /
+                                             another session's slot vectors
+  --config.sbr.backbone=srgnn|niser|tagnn|...       any backbone sbrjax.models.sbr knows
 """
 
 from sbrjax.llmgr.config import llmgr_config

@@ -77,6 +77,26 @@ def llmgr_config(variant: str = "llmgr") -> ml_collections.ConfigDict:
   g.train_limit = 0          # >0: at most this many prompts per task per stage
   g.eval_limit = 0           # >0: evaluate on this many validation/test examples
   g.sbr_checkpoint = ""      # run dir of a trained sbr job; "" -> train one in workdir/sbr
+  # Paper-faithful choices (issue 12); each keeps the earlier behaviour as an option.
+  g.prompt_frame = "paper"   # "paper": "Instruction: ... \nResponse:", head reads its last
+                             # token | "none": bare task text (head reads the final ".")
+  g.node_source = "table"    # in-session node slots in every prompt: "table" (ID embedding
+                             # x_v) | "gnn" (state after message passing) | "mixed" (GNN
+                             # states in the behavior prompt, table in the contrastive one)
+  g.contrastive = "paper"    # "paper": target node never the tail node, answer = all its
+                             # listed successors | "legacy": a click drawn, one successor
+  # Item head. "paper": f_out, MLP -> |V| logits. "tied" (beyond the paper): MLP ->
+  # SBR dim scored against the backbone's live item table + item bias.
+  g.head = "paper"
+  g.head_init = "random"     # "random" | "backbone" (beyond the paper): at the start of
+                             # the first stage with behavior prompts, fit the head's last
+                             # layer so it reproduces the backbone's scores (ridge map from
+                             # the LLM state to the session vector, composed with the table)
+  g.head_init_prompts = 2048  # training behavior prompts the fit reads
+  g.head_init_ridge = 1e-3   # relative ridge penalty of the fit
+  # Controls: "no_decoder" removes the LLM's decoder blocks (f_in -> f_out directly,
+  # slots mean-pooled); "shuffle_slots" gives every prompt another session's vectors.
+  g.control = "none"
 
   config.train.optimizer = "adamw"
   config.train.weight_decay = 1e-2
@@ -94,6 +114,10 @@ def llmgr_config(variant: str = "llmgr") -> ml_collections.ConfigDict:
     st.trainable = trainable
     st.epochs = 1 if name == "aux" else 3
     st.learning_rate = 1e-4
+    # Peak rate per parameter label (sbrjax.train.labels); 0 -> st.learning_rate.
+    # Labels the stage does not train are ignored. Warm-up: config.train.warmup_steps.
+    st.label_learning_rates = ml_collections.ConfigDict(
+        {label: 0.0 for label in ("sbr", "lora", "f_in", "f_out")})
   config.stage_order = tuple(name for name, _, _ in LLMGR_VARIANTS[variant])
 
   # Training of the SBR backbone when no checkpoint is given (its own section
@@ -108,13 +132,16 @@ def llmgr_config(variant: str = "llmgr") -> ml_collections.ConfigDict:
 
 def with_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
   """``config`` with the stage list of LLMGR ``variant``; epochs and learning
-  rates carry over by stage name (a stage the base lacks takes the major one's)."""
+  rates (per label too) carry over by stage name (a stage the base lacks takes
+  the major one's)."""
   stages = llmgr_config(variant)
-  epochs = {name: (st.epochs, st.learning_rate) for name, st in config.stages.items()}
+  epochs = {name: (st.epochs, st.learning_rate, st.label_learning_rates.to_dict())
+            for name, st in config.stages.items()}
   with config.unlocked():
     config.variant = variant
     config.stage_order = stages.stage_order
     config.stages = stages.stages
   for name, st in config.stages.items():
-    st.epochs, st.learning_rate = epochs.get(name, epochs["major"])
+    st.epochs, st.learning_rate, rates = epochs.get(name, epochs["major"])
+    st.label_learning_rates.update(rates)
   return config

@@ -10,10 +10,24 @@ graphs), one encoded prompt per example and the target item.
   * behavior: every example of a split (session -> next item).
   * node_text: every item once (its text -> the item); the session is the
     one-click session [item], which no slot of that prompt reads.
-  * contrastive: one per training session with >= 2 clicks: a target node
-    drawn from the session's clicks except the last, candidates = its
-    successors in the session (capped) mixed with random negative items,
-    shuffled; the target is one successor drawn at random.
+  * contrastive (``mode="paper"``): one per training session that has a
+    node other than its tail node (the item of its last click; sessions are
+    the last ``max_len`` clicks the graph batch holds). The target node is
+    drawn uniformly from those nodes, so it is never the tail node even when
+    the tail item repeats earlier; its succeeding nodes (items that follow
+    any of its clicks, at most ``max_successors``, a random subset beyond)
+    are mixed with random negative items into a shuffled candidate list, and
+    the answer is *all* listed successors: the label of the prompt is the
+    uniform distribution over them (``labels``), trained with the same
+    softmax cross-entropy over items as the other tasks. A softmax over items
+    against a uniform target keeps one head and one loss for every prompt,
+    and its optimum splits the probability equally among the successors,
+    i.e. it ranks every successor above every other item, which is what
+    "select the succeeding nodes" asks; a per-candidate sigmoid would need a
+    second output form of f_out for one auxiliary task.
+    ``mode="legacy"`` is the sampling before issue 12, kept as a labelled
+    option: a click drawn from all but the last (its item may equal the
+    tail item) and one successor drawn as the only label.
 """
 
 from __future__ import annotations
@@ -41,9 +55,12 @@ class PromptBatch(NamedTuple):
     slot_pos: int32 [B, S] placeholder positions (L for unused slots).
     slot_src: int32 [B, S] index into [graph | clicks (max_len) | items (Q)].
     items: int32 [B, Q] items listed in the prompt.
-    targets: int32 [B] target item.
+    targets: int32 [B] target item (the first label).
     mask: bool [B] real examples.
     negatives: int32 [B, K] or None (evaluation).
+    labels: int32 [B, T] answer items; the prompt's target distribution is
+      uniform over its valid labels (one for behavior and node_text).
+    label_mask: bool [B, T] valid labels (at least one per real row).
   """
   sessions: Any
   input_ids: Any
@@ -55,19 +72,29 @@ class PromptBatch(NamedTuple):
   targets: Any
   mask: Any
   negatives: Any = None
+  labels: Any = None
+  label_mask: Any = None
 
 
 @dataclasses.dataclass
 class TaskExamples:
+  """Prompts of one task with their sessions; ``labels[i]`` lists prompt i's
+  answer items (None: the single target ``sessions.targets[i]``)."""
   task: str
   sessions: Split
   prompts: List[prompts_lib.EncodedPrompt]
   # behavior: the row of the source split each example came from (the
   # evaluation may subsample it); per-example results are keyed by it.
   source_rows: Optional[np.ndarray] = None
+  labels: Optional[List[np.ndarray]] = None
 
   def __len__(self):
     return len(self.prompts)
+
+  def label_lists(self) -> List[np.ndarray]:
+    if self.labels is not None:
+      return self.labels
+    return [np.asarray([t], np.int32) for t in self.sessions.targets]
 
 
 def _split_from_sequences(seqs: Sequence[np.ndarray], targets, users, negatives=None) -> Split:
@@ -103,20 +130,37 @@ def node_text_examples(num_items: int, encoder: prompts_lib.PromptEncoder, *,
   return TaskExamples("node_text", sessions, prompts)
 
 
+CONTRASTIVE_MODES = ("paper", "legacy")
+
+
 def contrastive_examples(split: Split, num_items: int, encoder: prompts_lib.PromptEncoder, *,
                          num_candidates: int, max_successors: int, limit: int = 0,
-                         seed: int = 0) -> TaskExamples:
+                         seed: int = 0, mode: str = "paper") -> TaskExamples:
+  """Contrastive structure-aware prompts (see the module docstring)."""
   if num_candidates < 2 or max_successors < 1 or max_successors >= num_candidates:
     raise ValueError("config.llmgr.num_candidates must be >= 2 and "
                      "1 <= config.llmgr.max_successors < num_candidates.")
+  if mode not in CONTRASTIVE_MODES:
+    raise ValueError(f"config.llmgr.contrastive={mode!r} is not supported; choose one of "
+                     f"{', '.join(map(repr, CONTRASTIVE_MODES))}.")
   rng = np.random.default_rng([seed, 3])
-  eligible = np.flatnonzero(split.lengths >= 2)
+  window = lambda i: split.sequence(i)[-encoder.max_len:]  # what the graph batch holds
+  if mode == "paper":  # sessions with a node other than the tail node
+    eligible = np.asarray([i for i in np.flatnonzero(split.lengths >= 2)
+                           if np.any(window(i) != window(i)[-1])], np.int64)
+  else:
+    eligible = np.flatnonzero(split.lengths >= 2)
   chosen = eligible[_subsample(len(eligible), limit, rng)]
-  seqs, targets, users, prompts = [], [], [], []
+  seqs, targets, users, prompts, labels = [], [], [], [], []
   for i in chosen:
-    seq = split.sequence(i)
-    click = int(rng.integers(0, len(seq) - 1))       # any click but the tail
-    node = int(seq[click])
+    seq = window(i)
+    if mode == "paper":
+      nodes = np.unique(seq[seq != seq[-1]])
+      node = int(rng.choice(nodes))
+      click = int(np.flatnonzero(seq == node)[-1])
+    else:
+      click = int(rng.integers(0, len(seq) - 1))       # any click but the tail
+      node = int(seq[click])
     succ = np.unique(seq[1:][seq[:-1] == node])      # items that follow `node`
     if len(succ) > max_successors:
       succ = rng.choice(succ, max_successors, replace=False)
@@ -135,12 +179,24 @@ def contrastive_examples(split: Split, num_items: int, encoder: prompts_lib.Prom
                          f"{num_candidates} contrastive candidates.")
     candidates = np.concatenate([succ, np.asarray(negs, np.int64)])
     rng.shuffle(candidates)
+    answer = np.sort(succ) if mode == "paper" else np.asarray([rng.choice(succ)])
     seqs.append(seq)
-    targets.append(int(rng.choice(succ)))
+    targets.append(int(answer[0]))
+    labels.append(answer.astype(np.int32))
     users.append(int(split.users[i]))
-    prompts.append(encoder.encode("contrastive", item=node, candidates=candidates))
+    prompts.append(encoder.encode("contrastive", item=node, click=click,
+                                  candidates=candidates))
   sessions = _split_from_sequences(seqs, targets, users)
-  return TaskExamples("contrastive", sessions, prompts)
+  return TaskExamples("contrastive", sessions, prompts, labels=labels)
+
+
+def subset(examples: TaskExamples, idx: np.ndarray) -> TaskExamples:
+  """The examples ``idx`` of ``examples`` (same task)."""
+  idx = np.asarray(idx, np.int64)
+  labels = None if examples.labels is None else [examples.labels[i] for i in idx]
+  rows = None if examples.source_rows is None else examples.source_rows[idx]
+  return TaskExamples(examples.task, examples.sessions.select(idx),
+                      [examples.prompts[i] for i in idx], source_rows=rows, labels=labels)
 
 
 class PromptBatcher:
@@ -159,6 +215,8 @@ class PromptBatcher:
     self.prompts = [p for ex in examples for p in ex.prompts]
     if not self.prompts:
       raise ValueError("No prompts to batch: every task produced zero examples.")
+    self.labels = [lab for ex in examples for lab in ex.label_lists()]
+    self.max_labels = max(len(lab) for lab in self.labels)
     seqs = [ex.sessions.sequence(i) for ex in examples for i in range(len(ex.sessions))]
     targets = np.concatenate([ex.sessions.targets for ex in examples])
     users = np.concatenate([ex.sessions.users for ex in examples])
@@ -185,6 +243,12 @@ class PromptBatcher:
     arrays = prompts_lib.collate(chosen, length=length, max_slots=self.max_slots,
                                  max_items=self.max_items, pad_id=self.pad_id)
     n = len(idx)
+    labels = np.zeros((n, self.max_labels), np.int32)
+    label_mask = np.zeros((n, self.max_labels), bool)
+    for row, i in enumerate(idx):
+      labels[row, :len(self.labels[i])] = self.labels[i]
+      label_mask[row, :len(self.labels[i])] = True
+    arrays["labels"], arrays["label_mask"] = labels, label_mask
     pad_rows = self.batch_size - n
     if pad_rows:
       for key, value in arrays.items():
@@ -196,7 +260,8 @@ class PromptBatcher:
                        attention_mask=arrays["attention_mask"], last_pos=arrays["last_pos"],
                        slot_pos=arrays["slot_pos"], slot_src=arrays["slot_src"],
                        items=arrays["items"], targets=sessions.targets,
-                       mask=sessions.graph_mask, negatives=sessions.negatives)
+                       mask=sessions.graph_mask, negatives=sessions.negatives,
+                       labels=arrays["labels"], label_mask=arrays["label_mask"])
 
   def iterate(self, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> Iterator:
     n = len(self)

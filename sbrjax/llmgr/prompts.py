@@ -4,21 +4,37 @@ A template is text with placeholders. Its text pieces are tokenized once;
 each prompt is those pieces interleaved with placeholder positions whose
 input vectors the hybrid encoding layer fills in (``sbrjax.llmgr.model``).
 
+Frame (``frame``): the paper writes all three prompts as
+``Instruction: <task text> Response:`` (Section 3, Fig. 2); ``FRAMES["paper"]``
+wraps each template so, and the item head reads the hidden state of the
+frame's last token (the ":" of "Response:"), the position a decoder would
+start answering from. ``FRAMES["none"]`` is the bare task text (the head then
+reads the final "." token), kept as a labelled option.
+
 Placeholders and the vector each one receives (the *source*):
   * ``{graph}``: the SBR session representation (``final``) of the session.
-  * ``{nodes}``: one slot per click of the session, oldest first, each the
-    GNN node state of that click's node (repeated items appear once per
-    click, as the graph's position->node map says). When the session has more
-    clicks than ``max_nodes`` the most recent ``max_nodes`` are kept.
-  * ``{node}``: the SBR item embedding of one item (contrastive prompt).
-  * ``{candidates}``: one slot per listed item, its SBR item embedding.
+    Hidden (removed with the space before it) when the backbone reads no
+    session graph (``graph_slot=False``; paper Section 4.3).
+  * ``{nodes}``: one slot per click of the session, oldest first (repeated
+    items appear once per click). When the session has more clicks than
+    ``max_nodes`` the most recent ``max_nodes`` are kept.
+  * ``{node}``: the contrastive prompt's target node, a click of the session
+    (its most recent click of that item).
+  * ``{candidates}``: one slot per listed candidate item.
   * ``{text}``: not a vector slot: the item's text tokens, truncated to
     ``max_text_tokens`` (counted in ``PromptStats``).
 
 Sources are indexed per example into the table
-``[graph (1) | click node states (max_len) | listed item embeddings (Q)]``
-so one gather serves every prompt type. The target is a label of the item
-head, never part of the prompt, so no truncation can drop it.
+``[graph (1) | clicks (max_len) | listed items (Q)]`` so one gather serves
+every prompt type. ``{nodes}`` and ``{node}`` index the *clicks* block, whose
+rows the model fills from the configured node source (``table``: the clicked
+item's ID embedding; ``gnn``: the click's state after message passing), so
+an in-session node gets the same kind of vector in every prompt.
+``{candidates}`` index the listed-items block (always ID embeddings: most
+candidates are outside the session and have no node state, and giving the
+in-session successors another kind of vector would reveal the answer). The
+target is a label of the item head, never part of the prompt, so no
+truncation can drop it.
 """
 
 from __future__ import annotations
@@ -40,6 +56,15 @@ TEMPLATES: Dict[str, str] = {
                     "succeeding nodes of the target node {node} {candidates}."),
 }
 TASKS = tuple(TEMPLATES)
+# (text before, text after) the task text; "paper" is the paper's frame.
+FRAMES: Dict[str, tuple] = {
+    "paper": ("Instruction: ", "\nResponse:"),
+    "none": ("", ""),
+}
+# What fills the clicks block (see the module doc). "mixed" is the encoding
+# before issue 12, kept as a labelled option: GNN states for the behavior
+# prompt's nodes but an ID-embedding row for the contrastive target node.
+NODE_SOURCES = ("table", "gnn", "mixed")
 _PLACEHOLDER = re.compile(r"\{(graph|nodes|node|candidates|text)\}")
 
 
@@ -74,7 +99,8 @@ class EncodedPrompt:
   tokens: np.ndarray        # int32 [n] token ids (placeholders hold placeholder_id)
   slot_pos: np.ndarray      # int32 [s] positions of vector slots in ``tokens``
   slot_src: np.ndarray      # int32 [s] source index (see module doc)
-  items: np.ndarray         # int32 [q] item ids listed in the prompt ({node}, {candidates})
+  items: np.ndarray         # int32 [q] item ids listed in the prompt ({candidates}; and
+                            # {node} with node_source "mixed")
 
 
 class PromptEncoder:
@@ -82,7 +108,8 @@ class PromptEncoder:
 
   def __init__(self, tokenize: Callable[[str], List[int]], *, bos_id: Optional[int],
                placeholder_id: int, max_len: int, max_nodes: int, max_text_tokens: int,
-               item_text_tokens: Sequence[Sequence[int]]):
+               item_text_tokens: Sequence[Sequence[int]], frame: str = "paper",
+               graph_slot: bool = True, node_source: str = "table"):
     """Args:
       tokenize: text -> token ids, without special tokens.
       bos_id: prepended to every prompt (None: nothing prepended).
@@ -92,11 +119,30 @@ class PromptEncoder:
       max_nodes: most node slots in a behavior prompt.
       max_text_tokens: most item-text tokens in a node_text prompt.
       item_text_tokens: token ids of every item's text, tokenized once.
+      frame: a key of ``FRAMES`` (config.llmgr.prompt_frame).
+      graph_slot: False hides ``{graph}`` (backbones without a session graph).
+      node_source: a key of ``NODE_SOURCES`` (config.llmgr.node_source); only
+        "mixed" changes the encoding: the contrastive target node is then a
+        listed item (an ID-embedding row) while behavior nodes stay clicks.
     """
     if max_nodes < 1 or max_nodes > max_len:
       raise ValueError(f"max_nodes must be in [1, max_len={max_len}], got {max_nodes}; "
                        "set config.llmgr.max_nodes.")
-    self.templates = {name: tokenize_template(t, tokenize) for name, t in TEMPLATES.items()}
+    if frame not in FRAMES:
+      raise ValueError(f"config.llmgr.prompt_frame={frame!r} is not supported; choose one "
+                       f"of {', '.join(map(repr, FRAMES))}.")
+    if node_source not in NODE_SOURCES:
+      raise ValueError(f"config.llmgr.node_source={node_source!r} is not supported; choose "
+                       f"one of {', '.join(map(repr, NODE_SOURCES))}.")
+    before, after = FRAMES[frame]
+    self.templates = {}
+    for name, body in TEMPLATES.items():
+      if not graph_slot:
+        body = body.replace(" {graph}", "")
+      self.templates[name] = tokenize_template(before + body + after, tokenize)
+    self.frame = frame
+    self.node_source = node_source
+    self.graph_slot = graph_slot
     self.bos = [] if bos_id is None else [int(bos_id)]
     self.placeholder_id = int(placeholder_id)
     self.max_len = max_len
@@ -106,15 +152,17 @@ class PromptEncoder:
     self.stats = PromptStats()
 
   def encode(self, task: str, *, session: Sequence[int] = (), item: int = -1,
-             candidates: Sequence[int] = ()) -> EncodedPrompt:
+             click: int = -1, candidates: Sequence[int] = ()) -> EncodedPrompt:
     """One prompt.
 
     Args:
       task: "behavior", "node_text" or "contrastive".
       session: the session's clicks (behavior); only its length matters here,
         the vectors come from the graph batch.
-      item: the item whose text is shown (node_text) or the target node
-        (contrastive).
+      item: the item whose text is shown (node_text), or the target node's
+        item (contrastive).
+      click: the target node's click index in the session as the graph batch
+        holds it (its last ``max_len`` clicks; contrastive).
       candidates: candidate items (contrastive), in prompt order.
     """
     if task not in self.templates:
@@ -137,13 +185,24 @@ class PromptEncoder:
         if keep < len(session):
           self.stats.sessions_truncated += 1
         # Click positions of the (max_len-truncated) session, most recent `keep`.
-        for click in range(n - keep, n):
+        for c in range(n - keep, n):
           slot_pos.append(len(tokens))
-          slot_src.append(1 + click)
+          slot_src.append(1 + c)
           tokens.append(self.placeholder_id)
-      elif hole in ("node", "candidates"):
-        listed = [item] if hole == "node" else list(candidates)
-        for it in listed:
+      elif hole == "node" and self.node_source == "mixed":
+        slot_pos.append(len(tokens))
+        slot_src.append(1 + self.max_len + len(items))
+        items.append(int(item))
+        tokens.append(self.placeholder_id)
+      elif hole == "node":
+        if not 0 <= click < self.max_len:
+          raise ValueError(f"A contrastive prompt's target node needs its click index in "
+                           f"[0, max_len={self.max_len}), got {click}.")
+        slot_pos.append(len(tokens))
+        slot_src.append(1 + click)
+        tokens.append(self.placeholder_id)
+      elif hole == "candidates":
+        for it in candidates:
           slot_pos.append(len(tokens))
           slot_src.append(1 + self.max_len + len(items))
           items.append(int(it))
@@ -164,7 +223,7 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
     if n <= b:
       return b
   raise ValueError(f"A prompt of {n} tokens exceeds the largest length bucket "
-                   f"{max(buckets)}; raise config.llmgr.max_prompt_len or lower "
+                   f"{max(buckets)}; add a larger config.llmgr.length_buckets entry or lower "
                    "config.llmgr.max_nodes / max_text_tokens.")
 
 

@@ -28,6 +28,7 @@ from typing import Any, Dict
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -36,6 +37,7 @@ from sbrjax import metrics as metrics_lib
 from sbrjax.data import graphs as graphs_lib
 from sbrjax.data import prepared as prepared_lib
 from sbrjax.llmgr import examples as examples_lib
+from sbrjax.llmgr import head_init
 from sbrjax.llmgr import model as model_lib
 from sbrjax.llmgr import prompts as prompts_lib
 from sbrjax.llmgr import rules as llmgr_rules
@@ -65,21 +67,28 @@ def catalog_sharded(mesh) -> bool:
 def make_loss(model, mesh=None):
   """``loss(params, batch, rng) -> (loss, {})``: mean cross-entropy over real examples.
 
-  On a mesh of several devices the softmax over items runs in
-  ``sbrjax.parallel.catalog_softmax`` (``shard_map``: per-device partial
-  logits and a distributed log-sum-exp) on f_out's output rows, so catalogs
-  of millions of items never materialise whole logits on one device;
-  otherwise the dense logits of f_out.
+  Each prompt's target is the uniform distribution over its labels (one for
+  behavior and node_text prompts, the listed successors for contrastive
+  ones; ``sbrjax.train.losses.masked_multilabel_xent``). On a mesh of several
+  devices the softmax over items runs in ``sbrjax.parallel.catalog_softmax``
+  (``shard_map``: per-device partial logits and a distributed log-sum-exp)
+  on the head's output rows, so catalogs of millions of items never
+  materialise whole logits on one device; otherwise the dense logits.
   """
   def loss(params, batch, rng):
     kwargs = dict(deterministic=False, rngs={"dropout": rng})
+    labels, label_mask = batch.labels, batch.label_mask
+    if labels is None:
+      labels, label_mask = batch.targets[:, None], jnp.ones_like(batch.targets[:, None], bool)
     if not catalog_sharded(mesh):
       logits = model.apply({"params": params}, batch, **kwargs)
-      return losses.masked_xent(logits, batch.targets, batch.mask), {}
-    feats = model.apply({"params": params}, batch, features_only=True, **kwargs)
-    ce = catalog_softmax.sharded_softmax_xent(
-        model_lib.with_bias_column(feats), model_lib.head_table(params["f_out"]),
-        batch.targets, mesh, axis=tuple(mesh.axis_names))
+      return losses.masked_multilabel_xent(logits, labels, label_mask, batch.mask), {}
+    feats, rows = model.apply({"params": params}, batch, features_only=True, **kwargs)
+    # The mean of the per-label cross-entropies is the multi-label one.
+    w = label_mask.astype(jnp.float32)
+    ce = sum(w[:, j] * catalog_softmax.sharded_softmax_xent(
+        feats, rows, labels[:, j], mesh, axis=tuple(mesh.axis_names))
+             for j in range(labels.shape[1])) / jnp.maximum(w.sum(1), 1.0)
     return losses.masked_mean(ce, batch.mask), {}
   return loss
 
@@ -108,7 +117,7 @@ def make_evaluator(model, ks, mesh=None, rules=llmgr_rules.LLMGR_LOGICAL_AXIS_RU
   On a mesh, batches are split over its batch axes, full-ranking target ranks
   come from the catalog-sharded ``catalog_softmax.sharded_target_rank`` (top
   items from ``sharded_topk``) and the sampled candidates' scores from their
-  own f_out rows; per-example ranks come back replicated to every process.
+  own head rows; per-example ranks come back replicated to every process.
   The per-example rows carry the top ``top_k`` items (default: the largest K).
   """
   top_k = max(ks) if top_k is None else top_k
@@ -122,9 +131,8 @@ def make_evaluator(model, ks, mesh=None, rules=llmgr_rules.LLMGR_LOGICAL_AXIS_RU
                                              batch.negatives, top_k=top_k), **extras(batch)}
 
   def sharded_ranks(params, batch):
-    h = model_lib.with_bias_column(
-        model.apply({"params": params}, batch, deterministic=True, features_only=True))
-    table = model_lib.head_table(params["f_out"])  # [M, H + 1]
+    h, table = model.apply({"params": params}, batch, deterministic=True,
+                           features_only=True)  # [B, H + 1], [M, H + 1]
     axis = tuple(mesh.axis_names)
     out = {"mask": batch.mask,
            "rank/full": catalog_softmax.sharded_target_rank(
@@ -196,11 +204,27 @@ def lora_config(config) -> lora_lib.LoraConfig:
                              targets=tuple(config.lora.targets))
 
 
+def node_source(config, sbr_cfg) -> str:
+  """config.llmgr.node_source, "table" where the backbone has no per-click states."""
+  source = str(config.llmgr.node_source)
+  if source != "table" and not model_lib.backbone_traits(sbr_cfg)["click_states"]:
+    logging.info("Backbone %s computes no per-click states: node slots take its item table.",
+                 sbr_cfg.backbone)
+    return "table"
+  return source
+
+
 def model_config(config, sbr_cfg, llm_cfg, num_items: int) -> model_lib.LLMGRConfig:
-  """The frozen LLMGR config: the LLM's shape with this run's LoRA and dtypes."""
-  return model_lib.LLMGRConfig(sbr=sbr_cfg, llm=llm_cfg.replace(lora=lora_config(config)),
-                               num_items=num_items,
-                               head_hidden=int(config.llmgr.head_hidden))
+  """The frozen LLMGR config: the LLM's shape with this run's LoRA and dtypes
+  (no decoder blocks and no adapters for the ``no_decoder`` control)."""
+  g = config.llmgr
+  llm_cfg = llm_cfg.replace(lora=lora_config(config))
+  if g.control == "no_decoder":  # no blocks, so nothing for LoRA to adapt
+    llm_cfg = llm_cfg.replace(num_layers=0, lora=None)
+  return model_lib.LLMGRConfig(sbr=sbr_cfg, llm=llm_cfg, num_items=num_items,
+                               head_hidden=int(g.head_hidden), head=str(g.head),
+                               node_source=node_source(config, sbr_cfg),
+                               control=str(g.control))
 
 
 def build_model_and_params(config, data, sbr_cfg, sbr_params, seed):
@@ -229,14 +253,41 @@ def check_tree(model, params, batch):
 
 
 def make_encoder(config, data, tokenizer):
+  """(the prompt encoder of this run, the pad id); the graph placeholder is
+  hidden when the configured backbone reads no session graph."""
   tokenize = lambda text: list(tokenizer.encode(text, add_special_tokens=False))
   item_tokens = [tokenize(" " + t) for t in data.item_texts]
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  sbr_cfg = sbr_train.sbr_config(config, data.num_items)
   encoder = prompts_lib.PromptEncoder(
       tokenize, bos_id=tokenizer.bos_token_id, placeholder_id=pad or 0,
       max_len=int(config.data.max_len), max_nodes=int(config.llmgr.max_nodes),
-      max_text_tokens=int(config.llmgr.max_text_tokens), item_text_tokens=item_tokens)
+      max_text_tokens=int(config.llmgr.max_text_tokens), item_text_tokens=item_tokens,
+      frame=str(config.llmgr.prompt_frame),
+      graph_slot=model_lib.backbone_traits(sbr_cfg)["session_graph"],
+      node_source=node_source(config, sbr_cfg))
   return encoder, int(pad or 0)
+
+
+def stage_started(stage_path: str) -> bool:
+  """Whether a stage directory holds a saved train state (the stage resumes)."""
+  latest = os.path.join(stage_path, "latest")
+  return os.path.isdir(latest) and any(n.isdigit() for n in os.listdir(latest))
+
+
+def fit_head_on(model, params, behavior: examples_lib.TaskExamples, config, pad_id: int):
+  """``head_init.fit_head`` on up to ``config.llmgr.head_init_prompts`` training
+  behavior prompts (a random subset, seeded by ``config.seed``)."""
+  n = int(config.llmgr.head_init_prompts)
+  rng = np.random.default_rng([int(config.seed), 5])
+  idx = np.arange(len(behavior)) if n <= 0 or n >= len(behavior) else np.sort(
+      rng.choice(len(behavior), n, replace=False))
+  batcher = examples_lib.PromptBatcher(
+      [examples_lib.subset(behavior, idx)], max_len=int(config.data.max_len),
+      batch_size=int(config.eval.batch_size), length_buckets=tuple(config.llmgr.length_buckets),
+      pad_id=pad_id)
+  return head_init.fit_head(model, params, batcher.iterate(shuffle=False),
+                            ridge=float(config.llmgr.head_init_ridge))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -263,7 +314,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       elif task == "contrastive":
         cache[task] = examples_lib.contrastive_examples(
             data.train, data.num_items, encoder, num_candidates=int(g.num_candidates),
-            max_successors=int(g.max_successors), limit=int(g.train_limit), seed=seed)
+            max_successors=int(g.max_successors), limit=int(g.train_limit), seed=seed,
+            mode=str(g.contrastive))
       else:
         raise ValueError(f"Unknown prompt task {task!r} in config.stages; choose one of "
                          f"{prompts_lib.TASKS}.")
@@ -282,23 +334,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   signature = {"model": f"llmgr/{sbr_cfg.backbone}", "num_items": data.num_items,
                "data": data.fingerprint, "variant": config.variant,
                "llm_layers": model.config.llm.num_layers,
-               "llm_hidden": model.config.llm.hidden_size}
+               "llm_hidden": model.config.llm.hidden_size,
+               # What the prompts and the head are: a run resumed with other
+               # choices would mix two models.
+               "llmgr": {k: str(g[k]) for k in ("prompt_frame", "node_source", "contrastive",
+                                                 "head", "head_init", "control")}}
 
   mesh = mesh_lib.mesh_from_config(config.mesh)
   rules = llmgr_rules.logical_rules(config.logical_axis_rules)
   evaluate = make_evaluator(model, tuple(config.eval.ks), mesh, rules)
   stage_summaries = {}
+  head_fit = None
   for name in config.stage_order:
     if name not in config.stages:
       raise ValueError(f"config.stage_order names {name!r}, which config.stages lacks.")
     st = config.stages[name]
+    stage_path = loop.stage_dir(workdir, name)
+    if (g.head_init == "backbone" and head_fit is None and "behavior" in st.tasks
+        and "f_out" in st.trainable):
+      head_fit = {"stage": name}
+      if not stage_started(stage_path):  # a resumed stage restores its fitted head
+        params, fit = fit_head_on(model, params, task_examples("behavior"), config, pad_id)
+        head_fit.update(fit)
+        logging.info("Stage %s: head fitted to the backbone on %d prompts (r2 %.3f)", name,
+                     fit["prompts"], fit["r2"])
     batcher = examples_lib.PromptBatcher([task_examples(t) for t in st.tasks], max_len=max_len,
                                        batch_size=bs, length_buckets=buckets, pad_id=pad_id)
     n_steps = batcher.num_batches()
     train_cfg = ml_collections.ConfigDict(config.train.to_dict())
     train_cfg.learning_rate = float(st.learning_rate)
     schedule = optim.make_schedule(train_cfg, n_steps, n_steps * int(st.epochs))
-    tx = optim.make_optimizer(train_cfg, schedule, params, trainable=tuple(st.trainable))
+    tx = optim.make_optimizer(train_cfg, schedule, params, trainable=tuple(st.trainable),
+                              label_learning_rates=st.label_learning_rates.to_dict())
     mask = labels_lib.trainable_mask(params, tuple(st.trainable))
     state, shardings = state_lib.create_train_state(model.apply, params, tx, mesh, rules,
                                                      llmgr_rules.LLMGR_PARAM_RULES)
@@ -307,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         name, config.train, epochs=int(st.epochs),
         early_stop_metric=config.train.early_stop_metric if validate else "")
     result = loop.run_stage(
-        spec, stage_dir=loop.stage_dir(workdir, name), state=state,
+        spec, stage_dir=stage_path, state=state,
         signature={**signature, "stage": name, "tasks": list(st.tasks),
                    "trainable": list(st.trainable)},
         train_step=jitted_train_step(model, schedule, mask, seed, mesh, shardings, rules),
@@ -337,6 +404,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "protocol": data.protocol, "num_items": data.num_items, "test": test,
       "test_examples": len(test_batcher), "sbr_alone": (sbr_alone or {}).get("test"),
       "stages": stage_summaries, "prompt_stats": vars(encoder.stats),
+      "head_init": head_fit,
+      "backbone_traits": model_lib.backbone_traits(sbr_cfg),
       "llm": {"source": config.llm.source, "layers": model.config.llm.num_layers,
               "hidden": model.config.llm.hidden_size},
       "wall_seconds": time.perf_counter() - t_start,

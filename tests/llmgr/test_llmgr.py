@@ -36,12 +36,16 @@ def cfg(tiny_raw_dir, tmp_path):
   return c
 
 
-def _encoder(max_len=8, max_nodes=3):
+def _encoder(max_len=8, max_nodes=3, **kwargs):
   tok = llm_api.ByteTokenizer()
   texts = [tok.encode(" item number %d" % i) for i in range(30)]
   return prompts_lib.PromptEncoder(
       tok.encode, bos_id=tok.bos_token_id, placeholder_id=PH, max_len=max_len,
-      max_nodes=max_nodes, max_text_tokens=5, item_text_tokens=texts), tok
+      max_nodes=max_nodes, max_text_tokens=5, item_text_tokens=texts, **kwargs), tok
+
+
+def _text(tokens):
+  return bytes(int(t) - 3 for t in tokens).decode()
 
 
 # ---------------------------------------------------------------- prompts
@@ -53,10 +57,41 @@ def test_behavior_prompt_slots_keep_the_most_recent_clicks():
   assert list(p.tokens[p.slot_pos]) == [PH] * 4          # graph + 3 nodes
   assert list(p.slot_src) == [0, 1 + 2, 1 + 3, 1 + 4]    # graph, clicks 2..4
   assert np.all(np.diff(p.slot_pos) > 0)
-  text = bytes(t - 3 for t in p.tokens[1:p.slot_pos[0]]).decode()
-  assert text == ("Please recommend a suitable next item according to the session graph "
-                  "and its corresponding nodes ")
+  assert _text(p.tokens[1:p.slot_pos[0]]) == (
+      "Instruction: Please recommend a suitable next item according to the session graph "
+      "and its corresponding nodes ")
+  assert _text(p.tokens[p.slot_pos[-1] + 1:]) == ".\nResponse:"
   assert enc.stats.sessions_truncated == 1
+
+
+@pytest.mark.parametrize("task", ["behavior", "node_text", "contrastive"])
+def test_paper_frame_wraps_every_prompt_and_the_head_reads_its_last_token(task):
+  framed, tok = _encoder()
+  bare, _ = _encoder(frame="none")
+  kw = dict(session=[4, 7, 9], item=2, click=1, candidates=[5, 6])
+  p, q = framed.encode(task, **kw), bare.encode(task, **kw)
+  head, tail = "Instruction: ", "\nResponse:"
+  assert p.tokens[0] == q.tokens[0] == tok.bos_token_id
+  assert list(p.tokens[1:]) == tok.encode(head) + list(q.tokens[1:]) + tok.encode(tail)
+  # Slots keep their order and sources; only positions shift by the frame's head.
+  np.testing.assert_array_equal(p.slot_src, q.slot_src)
+  np.testing.assert_array_equal(p.slot_pos, q.slot_pos + len(head))
+  assert len(p.tokens) == len(q.tokens) + len(head) + len(tail)
+  batch = prompts_lib.collate([p], length=192, max_slots=8, max_items=4, pad_id=0)
+  assert _text([batch["input_ids"][0, batch["last_pos"][0]]]) == ":"  # "Response:"
+  batch = prompts_lib.collate([q], length=192, max_slots=8, max_items=4, pad_id=0)
+  assert _text([batch["input_ids"][0, batch["last_pos"][0]]]) == "."
+
+
+def test_graph_placeholder_is_hidden_for_backbones_without_a_graph():
+  enc, _ = _encoder(graph_slot=False)
+  p = enc.encode("behavior", session=[4, 7, 9])
+  assert list(p.slot_src) == [1, 2, 3]  # nodes only
+  assert _text(p.tokens[1:p.slot_pos[0]]).endswith("its corresponding nodes ")
+  with pytest.raises(ValueError, match="config.llmgr.prompt_frame"):
+    _encoder(frame="chat")
+  with pytest.raises(ValueError, match="config.llmgr.node_source"):
+    _encoder(node_source="text")
 
 
 def test_one_node_session_has_graph_and_one_node_slot():
@@ -66,12 +101,17 @@ def test_one_node_session_has_graph_and_one_node_slot():
   assert p.slot_pos[1] == p.slot_pos[0] + 2  # "<graph> <node>": a space between
 
 
-def test_contrastive_prompt_lists_node_and_candidates_as_item_slots():
+def test_contrastive_prompt_node_is_a_click_and_candidates_are_item_slots():
   enc, _ = _encoder(max_len=8)
-  p = enc.encode("contrastive", item=3, candidates=[9, 1, 4])
-  assert list(p.items) == [3, 9, 1, 4]
-  assert list(p.slot_src) == [9, 10, 11, 12]  # 1 + max_len + q
+  p = enc.encode("contrastive", item=3, click=2, candidates=[9, 1, 4])
+  assert list(p.items) == [9, 1, 4]
+  assert list(p.slot_src) == [1 + 2, 9, 10, 11]  # click block, then 1 + max_len + q
   assert list(p.tokens[p.slot_pos]) == [PH] * 4
+  # The pre-issue-12 encoding lists the target node as an item instead.
+  mixed, _ = _encoder(max_len=8, node_source="mixed")
+  p = mixed.encode("contrastive", item=3, click=2, candidates=[9, 1, 4])
+  assert list(p.items) == [3, 9, 1, 4]
+  assert list(p.slot_src) == [9, 10, 11, 12]
 
 
 def test_node_text_prompt_inlines_truncated_item_text_and_has_no_slots():
@@ -115,30 +155,64 @@ def _batch(examples, pad):
   return next(b.iterate(shuffle=False))
 
 
-def test_hybrid_embeddings_splice_projected_sbr_vectors_at_slots(cfg):
+# A hand-built batch: three sessions (one with a repeated item, one of one click,
+# one longer than max_len = 8), a behavior prompt each, and two contrastive prompts
+# whose target node is a known click.
+HAND_SESSIONS = [[3, 5, 3, 7], [2], [9, 1, 2, 3, 4, 5, 6, 8, 1, 6]]
+
+
+def _hand_batch(enc, pad):
+  seqs = [np.asarray(s, np.int32) for s in HAND_SESSIONS]
+  beh = llmgr_data.TaskExamples(
+      "behavior", llmgr_data._split_from_sequences(seqs, [0, 0, 0], [0, 0, 0]),
+      [enc.encode("behavior", session=s) for s in seqs])
+  # Session 0: node 5 (click 1), session 2 (window = its last 8 clicks): node 4 (click 2).
+  con = llmgr_data.TaskExamples(
+      "contrastive", llmgr_data._split_from_sequences([seqs[0], seqs[2][-8:]], [3, 5], [0, 0]),
+      [enc.encode("contrastive", item=5, click=1, candidates=[3, 8, 0]),
+       enc.encode("contrastive", item=4, click=2, candidates=[7, 5, 2])],
+      labels=[np.asarray([3], np.int32), np.asarray([5], np.int32)])
+  return _batch([beh, con], pad)
+
+
+@pytest.mark.parametrize("source", ["table", "gnn", "mixed"])
+def test_each_slot_source_writes_the_vector_it_names_at_its_position(cfg, source):
+  cfg.llmgr.node_source = source
   data, model, params, enc, pad = _setup(cfg)
-  ex_b = llmgr_data.behavior_examples(data.train, enc, limit=4)
-  ex_c = llmgr_data.contrastive_examples(data.train, data.num_items, enc, num_candidates=5,
-                                         max_successors=2, limit=4)
-  for ex in (ex_b, ex_c):
-    batch = _batch([ex], pad)
-    got = model.apply({"params": params}, batch, method=llmgr_lib.LLMGR.hybrid_embeddings)
-    sbr_out = model.apply({"params": params}, batch.sessions, method=lambda m, s: m.sbr(s))
-    tokens = model.apply({"params": params}, jnp.asarray(batch.input_ids),
-                         method=lambda m, i: m.llm.embed(i))
-    w = params["f_in"]
-    for i in range(int(batch.mask.sum())):
-      slots = batch.slot_pos[i] < batch.input_ids.shape[1]
-      for pos, src in zip(batch.slot_pos[i][slots], batch.slot_src[i][slots]):
-        if src == 0:
-          vec = sbr_out.final[i]
-        elif src <= 8:
-          vec = sbr_out.seq_states[i, src - 1]
-        else:
-          vec = sbr_out.item_embeddings[batch.items[i, src - 9]]
-        np.testing.assert_allclose(got[i, pos], vec @ w["kernel"] + w["bias"], atol=1e-5)
-      other = np.setdiff1d(np.arange(batch.input_ids.shape[1]), batch.slot_pos[i][slots])
-      np.testing.assert_array_equal(got[i, other], tokens[i, other])
+  batch = _hand_batch(enc, pad)
+  got = np.asarray(model.apply({"params": params}, batch,
+                               method=llmgr_lib.LLMGR.hybrid_embeddings))
+  sbr_out = model.apply({"params": params}, batch.sessions, method=lambda m, s: m.sbr(s))
+  tokens = np.asarray(model.apply({"params": params}, jnp.asarray(batch.input_ids),
+                                  method=lambda m, i: m.llm.embed(i)))
+  table = np.asarray(params["sbr"]["encoder"]["item_embedding"]["embedding"])
+  w, b = np.asarray(params["f_in"]["kernel"]), np.asarray(params["f_in"]["bias"])
+  windows = [np.asarray(x[-8:]) for x in HAND_SESSIONS] + [
+      np.asarray(HAND_SESSIONS[0]), np.asarray(HAND_SESSIONS[2][-8:])]
+
+  def node(i, click):  # the vector the configured source names for a click
+    if source == "table":
+      return table[windows[i][click]]
+    return np.asarray(sbr_out.seq_states[i, click])
+
+  expected = {  # row -> [(position in the prompt's slot order, vector)]
+      i: [np.asarray(sbr_out.final[i])] + [node(i, c) for c in
+                                           range(max(0, len(windows[i]) - enc.max_nodes), len(windows[i]))]
+      for i in range(3)}
+  con_node = {3: (5, 1), 4: (4, 2)}
+  for i, cands in ((3, [3, 8, 0]), (4, [7, 5, 2])):
+    item, click = con_node[i]
+    first = table[item] if source == "mixed" else node(i, click)
+    assert windows[i][click] == item
+    expected[i] = [first] + [table[c] for c in cands]
+  for i, vecs in expected.items():
+    used = batch.slot_pos[i] < batch.input_ids.shape[1]
+    pos = batch.slot_pos[i][used]
+    assert len(pos) == len(vecs), i
+    for p, v in zip(pos, vecs):
+      np.testing.assert_allclose(got[i, p], v @ w + b, atol=1e-5, rtol=1e-5)
+    other = np.setdiff1d(np.arange(batch.input_ids.shape[1]), pos)
+    np.testing.assert_array_equal(got[i, other], tokens[i, other])
 
 
 def _one_step(cfg, model, params, batch, trainable):

@@ -1,0 +1,231 @@
+"""LLMGR heads, controls and backbones: against NumPy computations of the same formulas."""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sbrjax import config as config_lib
+from sbrjax.data import graphs as graphs_lib
+from sbrjax.data import prepared
+from sbrjax.llmgr import examples as llmgr_data
+from sbrjax.llmgr import head_init
+from sbrjax.llmgr import model as llmgr_lib
+from sbrjax.llmgr import train as train_llmgr
+from sbrjax.models import sbr as sbr_lib
+from sbrjax.sbr import train as train_sbr
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _gelu(x):  # flax's nn.gelu (tanh approximation)
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+@pytest.mark.parametrize("hidden", [0, 7])
+def test_tied_head_logits_equal_numpy(hidden):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 10)).astype(np.float32)
+  table = rng.normal(size=(6, 4)).astype(np.float32)
+  head = llmgr_lib.TiedHead(num_items=6, sbr_dim=4, hidden=hidden)
+  params = head.init(jax.random.PRNGKey(1), x, table)["params"]
+  params["item_bias"] = jnp.asarray(rng.normal(size=6), jnp.float32)
+  h = x
+  if hidden:
+    h = _gelu(h @ np.asarray(params["hidden"]["kernel"]) + np.asarray(params["hidden"]["bias"]))
+  z = h @ np.asarray(params["proj"]["kernel"]) + np.asarray(params["proj"]["bias"])
+  want = z @ table.T + np.asarray(params["item_bias"])
+  for fn in (head.apply, jax.jit(head.apply)):
+    np.testing.assert_allclose(fn({"params": params}, x, table), want, rtol=1e-5, atol=1e-5)
+  feats, rows = head.apply({"params": params}, x, table, mode="scoring")
+  np.testing.assert_allclose(np.asarray(feats) @ np.asarray(rows).T, want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the whole model
+
+
+@pytest.fixture()
+def cfg(tiny_raw_dir, tmp_path):
+  c = config_lib.load_config_file(os.path.join(REPO, "configs", "llmgr_tiny.py"))
+  c.data.manual_dir = tiny_raw_dir
+  c.data.data_dir = str(tmp_path / "data")
+  return c
+
+
+def _setup(cfg, backbone_params=None):
+  data = prepared.load_prepared(cfg.data)
+  sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
+  sbr_model = sbr_lib.create_model(sbr_cfg)
+  first = graphs_lib.make_batch(graphs_lib.build_graphs(data.train, 8), np.arange(2), 2)
+  sbr_params = backbone_params or train_sbr.init_params(sbr_model, first, 0)
+  model, params, tok = train_llmgr.build_model_and_params(cfg, data, sbr_cfg, sbr_params, 0)
+  enc, pad = train_llmgr.make_encoder(cfg, data, tok)
+  return data, model, params, enc, pad
+
+
+def _batch(data, enc, pad, limit=8):
+  ex = llmgr_data.behavior_examples(data.train, enc, limit=limit)
+  b = llmgr_data.PromptBatcher([ex], max_len=8, batch_size=8, length_buckets=(128, 192),
+                               pad_id=pad)
+  return next(b.iterate(shuffle=False))
+
+
+def test_tied_llmgr_scores_the_pooled_state_against_the_live_item_table(cfg):
+  cfg.llmgr.head = "tied"
+  cfg.llmgr.head_hidden = 5
+  data, model, params, enc, pad = _setup(cfg)
+  batch = _batch(data, enc, pad)
+  params["f_out"]["item_bias"] = jnp.linspace(-1, 1, data.num_items)
+  last, sbr_out = model.apply({"params": params}, batch, method=llmgr_lib.LLMGR.pooled)
+  f = {k: jax.tree_util.tree_map(np.asarray, v) for k, v in params["f_out"].items()}
+  z = _gelu(np.asarray(last) @ f["hidden"]["kernel"] + f["hidden"]["bias"])
+  z = z @ f["proj"]["kernel"] + f["proj"]["bias"]
+  table = np.asarray(params["sbr"]["encoder"]["item_embedding"]["embedding"])
+  np.testing.assert_allclose(np.asarray(sbr_out.item_embeddings), table)
+  want = z @ table.T + f["item_bias"]
+  logits = model.apply({"params": params}, batch)
+  np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-5)
+  feats, rows = model.apply({"params": params}, batch, features_only=True)
+  np.testing.assert_allclose(np.asarray(feats) @ np.asarray(rows).T, want, rtol=1e-4, atol=1e-5)
+  # The table is live: the logits follow the backbone's item embeddings.
+  moved = jax.tree_util.tree_map(lambda x: x, params)
+  moved["sbr"]["encoder"]["item_embedding"]["embedding"] = 2.0 * jnp.asarray(table)
+  assert not np.allclose(model.apply({"params": moved}, batch), logits)
+
+
+def test_paper_head_features_and_rows_multiply_to_its_logits(cfg):
+  data, model, params, enc, pad = _setup(cfg)
+  batch = _batch(data, enc, pad)
+  feats, rows = model.apply({"params": params}, batch, features_only=True)
+  np.testing.assert_allclose(np.asarray(feats) @ np.asarray(rows).T,
+                             model.apply({"params": params}, batch), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["paper", "tied"])
+def test_head_fitted_to_the_backbone_reproduces_the_ridge_map(cfg, head):
+  cfg.llmgr.head = head
+  data, model, params, enc, pad = _setup(cfg)
+  ex = llmgr_data.behavior_examples(data.train, enc)
+  batcher = llmgr_data.PromptBatcher([ex], max_len=8, batch_size=32, length_buckets=(128, 192),
+                                     pad_id=pad)
+  fitted, fit = head_init.fit_head(model, params, batcher.iterate(shuffle=False), ridge=1e-2)
+  # Reference: the same regression in NumPy on the same features.
+  xs, ys, table = [], [], None
+  for b in batcher.iterate(shuffle=False):
+    feats, final, table = model.apply({"params": params}, b,
+                                      method=llmgr_lib.LLMGR.head_fit_inputs)
+    xs.append(np.asarray(feats)[b.mask])
+    ys.append(np.asarray(final)[b.mask])
+  x = np.concatenate([np.concatenate(xs), np.ones((sum(map(len, xs)), 1))], 1).astype(np.float64)
+  y = np.concatenate(ys).astype(np.float64)
+  h = x.shape[1] - 1
+  lam = 1e-2 * np.trace(x[:, :h].T @ x[:, :h]) / h
+  w = np.linalg.solve(x.T @ x + np.diag([lam] * h + [0.0]), x.T @ y)
+  assert fit["prompts"] == len(y)
+  np.testing.assert_allclose(fit["r2"], 1 - ((x @ w - y) ** 2).sum() / (
+      (y - y.mean(0)) ** 2).sum(), rtol=1e-5)
+  # The fitted head scores items as (X W) E^T, the backbone's own formula.
+  b0 = next(batcher.iterate(shuffle=False))
+  feats, _, table = model.apply({"params": params}, b0, method=llmgr_lib.LLMGR.head_fit_inputs)
+  xf = np.concatenate([np.asarray(feats), np.ones((len(feats), 1))], 1)
+  want = (xf @ w) @ np.asarray(table, np.float64).T
+  got = model.apply({"params": fitted}, b0)
+  np.testing.assert_allclose(np.asarray(got)[b0.mask], want[b0.mask], rtol=1e-3, atol=1e-4)
+  # Nothing but the head changed.
+  for key in ("sbr", "llm", "f_in"):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, fitted[key], params[key])
+
+
+def test_ridge_solve_without_penalty_is_least_squares():
+  rng = np.random.default_rng(0)
+  x = np.concatenate([rng.normal(size=(50, 4)), np.ones((50, 1))], 1)
+  y = rng.normal(size=(50, 3))
+  np.testing.assert_allclose(head_init.ridge_solve(x.T @ x, x.T @ y, 0.0),
+                             np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-8, atol=1e-10)
+
+
+# ---------------------------------------------------------------- controls
+
+
+def test_shuffled_slots_carry_the_previous_rows_vectors(cfg):
+  data, model, params, enc, pad = _setup(cfg)
+  batch = _batch(data, enc, pad)
+  plain = np.asarray(model.apply({"params": params}, batch,
+                                 method=llmgr_lib.LLMGR.hybrid_embeddings))
+  cfg.llmgr.control = "shuffle_slots"
+  _, shuffled_model, _, _, _ = _setup(cfg)
+  got = np.asarray(shuffled_model.apply({"params": params}, batch,
+                                        method=llmgr_lib.LLMGR.hybrid_embeddings))
+  n, length = int(batch.mask.sum()), batch.input_ids.shape[1]
+  for i in range(1, n):
+    for s, pos in enumerate(batch.slot_pos[i]):
+      if pos < length:
+        src_pos = batch.slot_pos[i - 1][s]
+        if src_pos == length:  # an unused slot of row i - 1 gathers source 0 (its graph)
+          assert batch.slot_src[i - 1][0] == 0
+          src_pos = batch.slot_pos[i - 1][0]
+        np.testing.assert_allclose(got[i, pos], plain[i - 1, src_pos], atol=1e-6)
+  text = batch.slot_pos[1:n].min()  # before the first slot: untouched text
+  np.testing.assert_array_equal(got[:, :text], plain[:, :text])
+
+
+def test_no_decoder_control_drops_the_blocks_and_pools_the_slots(cfg):
+  cfg.llmgr.control = "no_decoder"
+  data, model, params, enc, pad = _setup(cfg)
+  assert model.config.llm.num_layers == 0
+  assert not [k for k in params["llm"] if k.startswith("layers_")]
+  train_llmgr.check_tree(model, params, _batch(data, enc, pad))
+  batch = _batch(data, enc, pad)
+  embeds = np.asarray(model.apply({"params": params}, batch,
+                                  method=llmgr_lib.LLMGR.hybrid_embeddings))
+  scale = np.asarray(params["llm"]["norm"]["scale"])
+  eps = model.config.llm.rms_norm_eps
+  last, _ = model.apply({"params": params}, batch, method=llmgr_lib.LLMGR.pooled)
+  for i in range(int(batch.mask.sum())):
+    pos = batch.slot_pos[i][batch.slot_pos[i] < batch.input_ids.shape[1]]
+    v = embeds[i, pos]
+    normed = v / np.sqrt((v ** 2).mean(-1, keepdims=True) + eps) * scale
+    np.testing.assert_allclose(last[i], normed.mean(0), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- backbones
+
+
+class FakeSequenceModel(nn.Module):
+  """A graph-free backbone (as a sequence model would be): mean of the click embeddings."""
+  cfg: sbr_lib.SBRConfig
+  session_graph = False
+  click_states = False
+
+  @nn.compact
+  def __call__(self, batch, deterministic: bool = True):
+    table = nn.Embed(self.cfg.num_items, self.cfg.embed_dim, name="item_embedding")
+    items = batch.graph.nodes[batch.positions]  # [B, L]
+    seq = table(items)  # [B, L, d]
+    mask = sbr_lib.click_mask(batch.lengths, items.shape[1])[..., None]
+    final = (seq * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
+    emb = table.embedding
+    return sbr_lib.SBROutput(emb, emb[batch.graph.nodes], seq, final, final, final,
+                             final @ emb.T)
+
+
+@pytest.mark.parametrize("backbone", ["srgnn", "gcsan", "niser", "tagnn", "fakeseq"])
+def test_every_backbone_plugs_in(cfg, backbone, monkeypatch):
+  monkeypatch.setitem(sbr_lib._MODELS, "fakeseq", FakeSequenceModel)
+  cfg.sbr.backbone = backbone
+  cfg.llmgr.node_source = "gnn"
+  data, model, params, enc, pad = _setup(cfg)
+  traits = llmgr_lib.backbone_traits(model.config.sbr)
+  graph_free = backbone == "fakeseq"
+  assert traits == {"session_graph": not graph_free, "click_states": not graph_free}
+  assert enc.graph_slot == (not graph_free)
+  # Without per-click states the node slots take the item table.
+  assert model.config.node_source == ("table" if graph_free else "gnn")
+  batch = _batch(data, enc, pad)
+  assert (0 in batch.slot_src[batch.mask][:, 0]) == (not graph_free)
+  train_llmgr.check_tree(model, params, batch)
+  logits = model.apply({"params": params}, batch)
+  assert logits.shape == (8, data.num_items) and np.isfinite(np.asarray(logits)).all()
