@@ -252,7 +252,13 @@ def _llm4sbr_scorer(run, data, params, top_k):
     dim = l4s_train.text_dim(config)
     cfg = l4s_train.model_config(config, sbr_cfg, dim)
     model = l4s_model.LLM4SBR(cfg)
-  forward = l4s_train.make_forward(model, cfg)
+  if m.variant != "backbone" and "unused_params" not in run.results:
+    raise RecommendError(f"{run.workdir}/results.json is missing or has no 'unused_params' "
+                         "(the parameters the trainer pruned); rerun the run's command with "
+                         "the same --workdir to finish it.")
+  pruned = {path: (tuple(shape), np.float32)
+            for path, shape in (run.results.get("unused_params") or {}).items()}
+  forward = l4s_train.make_forward(model, cfg, pruned)
   evaluate = l4s_train.make_evaluator(forward, tuple(config.eval.ks), top_k=top_k)
   state: dict = {}
 
@@ -271,7 +277,7 @@ def _llm4sbr_scorer(run, data, params, top_k):
       state["encoder"] = inference.load_text_encoder(config.text_encoder)
       state["items"] = inference.item_embeddings(
           state["encoder"], data, inference.cache_root(config, data),
-          int(config.text_encoder.batch_size))
+          int(config.text_encoder.batch_size), inference.encoder_key(config.text_encoder))
     prompts = prompts_lib.build_prompts(split, data.item_texts, data.item_raw_ids,
                                         max_items=int(m.prompt_max_items))
     out = np.zeros((len(split), len(cfg.perspectives), cfg.text_dim), np.float32)
@@ -287,7 +293,12 @@ def _llm4sbr_scorer(run, data, params, top_k):
   first = next(l4s_train.with_intents(graphs_lib.iterate_batches(
       graphs_lib.build_graphs(first_split, max_len), bs, shuffle=False, prefetch=0),
       None if not fused else np.zeros((1, len(cfg.perspectives), cfg.text_dim), np.float32)))
+  # The trainer drops the backbone leaves the fused model never reads (SR-GNN's
+  # W3, ...); the expected tree is the pruned one.
   expected = jax.eval_shape(lambda: l4s_train.init_params(model, first, seed, fused))
+  # The trainer dropped the backbone leaves the fused model never reads (SR-GNN's
+  # W3, ...) and listed them in results.json; they are zeros to the forward pass.
+  expected = l4s_model.prune(expected, pruned)
   _check_tree(expected, params, run.stage_best_dir())
 
   def score(sessions):

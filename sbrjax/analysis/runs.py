@@ -111,7 +111,7 @@ def open_run(workdir: str, require_results: bool = True) -> Run:
   config_path = os.path.join(workdir, "config.json")
   results_path = os.path.join(workdir, "results.json")
   results = {}
-  if require_results or not os.path.isfile(config_path):
+  if require_results or not os.path.isfile(config_path) or os.path.isfile(results_path):
     results = _read_json(results_path, "the run has not finished; rerun its command with "
                          "the same --workdir to finish it.")
   if os.path.isfile(config_path):

@@ -159,16 +159,10 @@ class LLM4SBR(nn.Module):
                          tuple(self.cfg.perspectives), dtype=self.cfg.sbr.dtype)
 
   def score(self, out: sbr_lib.SBROutput, final: jax.Array, batch) -> jax.Array:
-    """float32 [B, I] logits of session vectors ``final`` the backbone's way."""
-    table = out.item_embeddings
-    if self.cfg.sbr.backbone == "niser":  # NISER+ scores scaled cosines
-      final = sbr_lib.l2_normalize(final)
-      return (self.cfg.sbr.niser_scale *
-              jnp.einsum("bd,id->bi", final, table)).astype(jnp.float32)
-    logits = jnp.einsum("bd,id->bi", final, table).astype(jnp.float32)
-    if self.cfg.sbr.backbone == "tagnn":  # + the target-aware term s_t,i . v_i
-      logits = logits + self.sbr.target_scores(out, batch)
-    return logits
+    """float32 [B, I] logits of session vectors ``final`` the backbone's way
+    (its ``score``: NISER+'s scaled cosines, TAGNN's target-aware term, an
+    item bias ...)."""
+    return self.sbr.score(out, final, batch)
 
   def __call__(self, batch, intents: jax.Array, *,
                deterministic: bool = True) -> LLM4SBROutput:

@@ -182,5 +182,9 @@ class S2DHCN(nn.Module):
 
   def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
     out = self.session_representations(batch, deterministic=deterministic)
-    logits = jnp.einsum("bd,id->bi", out.final, out.item_embeddings).astype(jnp.float32)
-    return out.replace(logits=logits)
+    return out.replace(logits=self.score(out, out.final, batch))
+
+  def score(self, out: SBROutput, final: jax.Array, batch) -> jax.Array:
+    """float32 [B, I] scores of session vectors ``final`` against ``out``'s items."""
+    del batch
+    return jnp.einsum("bd,id->bi", final, out.item_embeddings).astype(jnp.float32)

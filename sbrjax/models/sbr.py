@@ -137,7 +137,12 @@ class SRGNN(nn.Module):
 
   def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
     out = self.session_representations(batch, deterministic=deterministic)
-    return out.replace(logits=_scores(out.final, out.item_embeddings))
+    return out.replace(logits=self.score(out, out.final, batch))
+
+  def score(self, out: SBROutput, final: jax.Array, batch) -> jax.Array:
+    """float32 [B, I] scores of session vectors ``final`` against ``out``'s items."""
+    del batch
+    return _scores(final, out.item_embeddings)
 
 
 class GCSAN(nn.Module):
@@ -175,7 +180,12 @@ class GCSAN(nn.Module):
 
   def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
     out = self.session_representations(batch, deterministic=deterministic)
-    return out.replace(logits=_scores(out.final, out.item_embeddings))
+    return out.replace(logits=self.score(out, out.final, batch))
+
+  def score(self, out: SBROutput, final: jax.Array, batch) -> jax.Array:
+    """float32 [B, I] scores of session vectors ``final`` against ``out``'s items."""
+    del batch
+    return _scores(final, out.item_embeddings)
 
 
 class NISER(nn.Module):
@@ -214,8 +224,12 @@ class NISER(nn.Module):
 
   def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
     out = self.session_representations(batch, deterministic=deterministic)
-    logits = self.cfg.niser_scale * _scores(out.final, out.item_embeddings)
-    return out.replace(logits=logits)
+    return out.replace(logits=self.score(out, out.final, batch))
+
+  def score(self, out: SBROutput, final: jax.Array, batch) -> jax.Array:
+    """Scaled cosines: ``niser_scale * normalize(final) . normalize(v_i)``."""
+    del batch
+    return self.cfg.niser_scale * _scores(l2_normalize(final), out.item_embeddings)
 
 
 def target_aware_scores(table: jax.Array, seq_t: jax.Array, seq: jax.Array,
@@ -254,10 +268,9 @@ class TAGNN(SRGNN):
     self.target = _dense(self.cfg.embed_dim, self.cfg.embed_dim, self.cfg.dtype,
                          use_bias=False)  # W_t
 
-  def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
-    out = self.session_representations(batch, deterministic=deterministic)
-    logits = _scores(out.final, out.item_embeddings) + self.target_scores(out, batch)
-    return out.replace(logits=logits)
+  def score(self, out: SBROutput, final: jax.Array, batch) -> jax.Array:
+    """``final . v_i`` plus the target-aware term ``s_t,i . v_i``."""
+    return _scores(final, out.item_embeddings) + self.target_scores(out, batch)
 
   def target_scores(self, out: SBROutput, batch) -> jax.Array:
     """float32 [B, I] target-aware term ``s_t,i . v_i`` of every item.

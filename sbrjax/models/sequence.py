@@ -109,11 +109,16 @@ class _Sequence(nn.Module):
 
   def __call__(self, batch, *, deterministic: bool = True) -> SBROutput:
     out = self.session_representations(batch, deterministic=deterministic)
-    logits = jnp.einsum("bd,id->bi", out.final, out.item_embeddings).astype(jnp.float32)
+    return out.replace(logits=self.score(out, out.final, batch))
+
+  def score(self, out: SBROutput, final: jax.Array, batch) -> jax.Array:
+    """float32 [B, I]: ``final . item_embeddings^T`` (+ the item bias)."""
+    del batch
+    logits = jnp.einsum("bd,id->bi", final, out.item_embeddings).astype(jnp.float32)
     bias = self.item_bias()
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)[None, :]
-    return out.replace(logits=logits)
+    return logits
 
 
 class FPMC(_Sequence):

@@ -13,14 +13,19 @@ from sbrjax.llm4sbr import train as train_llm4sbr
 from sbrjax.data import graphs as graphs_lib
 from sbrjax.data.types import Split
 from sbrjax.llm4sbr import model as llm4sbr_lib
+from sbrjax.data import item_graphs
 from sbrjax.models import sbr as sbr_lib
+from sbrjax.models.backbone import GlobalGraph
 
 NUM_ITEMS, DIM, TEXT_DIM = 12, 8, 6
 
 
+_SEQS = [[3], [1, 2, 1, 4], [5, 5, 6], [7, 8, 9, 10, 11], [0, 2]]
+
+
 def _batch(batch_size=6):
   # One-click session, repeated items, a consecutive repeat; plus padding rows.
-  seqs = [[3], [1, 2, 1, 4], [5, 5, 6], [7, 8, 9, 10, 11], [0, 2]]
+  seqs = _SEQS
   values = np.concatenate(seqs).astype(np.int32)
   offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
   split = Split(values, offsets, np.array([4, 3, 7, 1, 9], np.int32),
@@ -30,8 +35,21 @@ def _batch(batch_size=6):
   return graphs_lib.make_batch(graphs, np.arange(5), batch_size)
 
 
+def _global_graph(backbone):
+  """GCE-GNN's / S2-DHCN's catalog-wide arrays from _batch's sessions (else None)."""
+  seqs = (np.concatenate(_SEQS).astype(np.int32),
+          np.concatenate([[0], np.cumsum([len(s) for s in _SEQS])]).astype(np.int64))
+  if backbone == "gcegnn":
+    return GlobalGraph("gcegnn", "toy", item_graphs.gcegnn_graph(seqs, NUM_ITEMS, 3, 4))
+  if backbone == "s2dhcn":
+    coo = item_graphs.hypergraph_operator(seqs, NUM_ITEMS)
+    return GlobalGraph("hypergraph", "toy", item_graphs.operator_arrays(coo, NUM_ITEMS))
+  return None
+
+
 def _cfg(backbone="srgnn", perspectives=("long_term", "short_term"), tau=0.1):
-  sbr = sbr_lib.SBRConfig(backbone=backbone, num_items=NUM_ITEMS, embed_dim=DIM)
+  sbr = sbr_lib.SBRConfig(backbone=backbone, num_items=NUM_ITEMS, embed_dim=DIM,
+                          global_graph=_global_graph(backbone))
   return llm4sbr_lib.LLM4SBRConfig(sbr=sbr, text_dim=TEXT_DIM,
                                    perspectives=tuple(perspectives), tau=tau)
 
