@@ -1,6 +1,19 @@
-"""Shared fixtures: a tiny dataset written in the real GroupLens ml-100k format."""
+"""Shared fixtures: a tiny dataset written in the real GroupLens ml-100k format.
+
+Also turns on JAX's persistent compilation cache for the test session (and the
+subprocesses tests start, which inherit the environment) before JAX is
+imported: many tests compile the same tiny programs again (each end-to-end
+run, each resumed or second process), and a cache hit skips XLA. Entries are
+keyed by the program, the compile options and the JAX version, so they
+cannot serve a changed program. ``SBRJAX_TEST_JAX_CACHE=0`` turns it off.
+"""
 
 import os
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.environ.get("SBRJAX_TEST_JAX_CACHE", "1") != "0":
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_REPO, ".jax_test_cache"))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest
 
