@@ -148,8 +148,9 @@ def test_score_of_the_backbones_own_final_is_its_logits(backbone):
     out = m.sbr.session_representations(b)
     return m.score(out, out.final, b)
 
-  got = model.apply({"params": params}, batch, method=own)
-  want = sbr_lib.create_model(cfg.sbr).apply({"params": params["sbr"]}, batch).logits
+  got = jax.jit(lambda p: model.apply({"params": p}, batch, method=own))(params)
+  backbone = sbr_lib.create_model(cfg.sbr)
+  want = jax.jit(lambda p: backbone.apply({"params": p}, batch).logits)(params["sbr"])
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
 
 

@@ -16,22 +16,15 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _main(*args, env=None, timeout=600):
-  return subprocess.run([sys.executable, "-m", "sbrjax.main", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow
-def test_two_process_run_of_tiny_llmgr_matches_one_process(tiny_raw_dir, tmp_path):
-  common = [f"--config.data.manual_dir={tiny_raw_dir}",
-            f"--config.data.data_dir={tmp_path / 'data'}"]
-  sbr = _main("--config=configs/sbr_tiny.py", *common, "--config.sbr.backbone=gcsan",
-              "--config.train.epochs=1", f"--workdir={tmp_path / 'sbr'}")
-  assert sbr.returncode == 0, sbr.stderr[-3000:]
-  llmgr = common + [f"--config.llmgr.sbr_checkpoint={tmp_path / 'sbr'}"]
-  single = _main("--config=configs/llmgr_tiny.py", *llmgr, f"--workdir={tmp_path / 'one'}")
-  assert single.returncode == 0, single.stderr[-3000:]
-
+def test_two_process_run_of_tiny_llmgr_matches_one_process(tiny_raw_dir, tiny_llmgr_run,
+                                                          tmp_path):
+  # The one-process reference is the shared tiny LLMGR run; the two processes
+  # restore the backbone it pre-trained, as a multi-process run must.
+  one_dir, one_cfg = tiny_llmgr_run
+  llmgr = [f"--config.data.manual_dir={tiny_raw_dir}",
+           f"--config.data.data_dir={one_cfg.data.data_dir}",
+           f"--config.llmgr.sbr_checkpoint={os.path.join(one_dir, 'sbr_pretrain')}"]
   env = dict(os.environ, PYTHON=sys.executable, DEVICES_PER_PROCESS="1")
   env.pop("XLA_FLAGS", None)
   two = subprocess.run(["bash", "launch/two_process_cpu.sh", "configs/llmgr_tiny.py",
@@ -40,7 +33,7 @@ def test_two_process_run_of_tiny_llmgr_matches_one_process(tiny_raw_dir, tmp_pat
   logs = "".join(open(tmp_path / "two" / f"process_{i}.log").read()[-2000:] for i in (0, 1))
   assert two.returncode == 0, logs
 
-  one = json.load(open(tmp_path / "one" / "results.json"))["test"]
+  one = json.load(open(os.path.join(one_dir, "results.json")))["test"]
   got = json.load(open(tmp_path / "two" / "results.json"))["test"]
   # Sharded reductions may reorder float sums; a metric may move by at most one
   # example's worth if that flips a near-tie.

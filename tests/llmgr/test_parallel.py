@@ -4,8 +4,8 @@ One subprocess with 4 simulated CPU devices builds the tiny LLMGR
 (configs/llmgr_tiny.py on a synthetic ml-100k-format dataset), takes two
 train steps of stage 1 (aux: node_text + contrastive prompts; LoRA, f_in,
 f_out train) and of stage 2 (major: behavior prompts; SBR and f_out train)
-on one device, then the same steps on data x fsdp meshes 1x4, 2x2, 4x1 and
-on a data x tensor mesh 2x2 (stage 1 only), evaluates with the catalog-sharded
+on one device, then the same steps on sharded meshes (stage 1: data x fsdp
+1x4 and data x tensor 2x2; stage 2: data x fsdp 2x2 and 4x1), evaluates with the catalog-sharded
 evaluator on a 4-device mesh and the dense one, and prints one JSON line.
 Batch size 8.
 
@@ -89,6 +89,9 @@ MESHES = {"data1_fsdp4": {"data": 1, "fsdp": 4, "tensor": 1},
           "data4_fsdp1": {"data": 4, "fsdp": 1, "tensor": 1},
           "data2_tensor2": {"data": 2, "fsdp": 1, "tensor": 2}}
 
+AUX_MESHES = ("data1_fsdp4", "data2_tensor2")
+MAJOR_MESHES = ("data2_fsdp2", "data4_fsdp1")
+
 def run(c, stage, meshes, steps=2):
   model, params, enc, pad = build(c)
   # Host copies: the donating steps delete the device buffers they are given.
@@ -146,8 +149,10 @@ def run(c, stage, meshes, steps=2):
       out[name]["opt_q_lora_b_spec"] = spec(mu[0])
   return out
 
-res["aux"] = run(cfg, "aux", MESHES)
-res["major"] = run(cfg, "major", {k: v for k, v in MESHES.items() if k != "data2_tensor2"})
+# Each stage on the meshes whose layouts it adds (compiles dominate the cost):
+# stage 1 on pure FSDP and on data x tensor, stage 2 on data x fsdp and pure data.
+res["aux"] = run(cfg, "aux", {k: MESHES[k] for k in AUX_MESHES})
+res["major"] = run(cfg, "major", {k: MESHES[k] for k in MAJOR_MESHES})
 
 # bf16 compute, bf16 frozen base, float32 trainable leaves.
 bcfg = ml_collections.ConfigDict(cfg.to_dict())
@@ -200,7 +205,6 @@ def worker():
                                 num_cpu_devices=4, timeout=900)
 
 
-_MESHES = ("data1_fsdp4", "data2_fsdp2", "data4_fsdp1")
 pytestmark = pytest.mark.slow  # one ~2 CPU-minute subprocess (compiles dominate)
 
 
@@ -208,11 +212,10 @@ def test_worker_sees_four_devices(worker):
   assert worker["devices"] == 4
 
 
-@pytest.mark.parametrize("stage", ["aux", "major"])
-@pytest.mark.parametrize("mesh", _MESHES)
+@pytest.mark.parametrize("stage,mesh", [("aux", "data1_fsdp4"), ("aux", "data2_tensor2"),
+                                        ("major", "data2_fsdp2"), ("major", "data4_fsdp1")])
 def test_sharded_step_equals_single_device_step(worker, stage, mesh):
   got = worker[stage][mesh]
-  assert worker["aux"]["data2_tensor2"]["param_diff"] < 1e-5
   assert got["param_diff"] < 1e-5, got["param_diff"]
   assert got["loss_diff"] < 1e-5, got["loss_diff"]
   assert got["step"] == 2

@@ -66,8 +66,8 @@ def init(name, batch, **kw):
 FIELDS = ("local", "global_", "final", "logits")
 
 
-@pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("name", GRAPH_BACKBONES)
+@pytest.mark.parametrize("name,jit", [(name, True) for name in GRAPH_BACKBONES] +
+                         [("srgnn", False)])  # eager once (op-by-op dispatch is slow)
 def test_batched_equals_each_session_alone(name, jit):
   batch = make_batch(GRAPHS, np.arange(len(SESSIONS)), 9)  # 2 padding rows
   model, params = init(name, batch, gnn_steps=2, gcsan_blocks=2)
@@ -91,7 +91,8 @@ def test_batched_equals_each_session_alone(name, jit):
 def test_padding_graphs_and_nodes_do_not_influence_outputs(name):
   batch = make_batch(GRAPHS, np.arange(4), 7)
   model, params = init(name, batch)
-  ref = model.apply({"params": params}, batch)
+  apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
+  ref = apply(params, batch)
   # Scramble everything that belongs to padding: node items and padding rows'
   # positions (which point at padding nodes).
   g = batch.graph
@@ -103,11 +104,11 @@ def test_padding_graphs_and_nodes_do_not_influence_outputs(name):
   positions[4:] = num_real + 3
   scrambled = batch._replace(graph=g._replace(nodes=nodes),
                              positions=positions)
-  out = model.apply({"params": params}, scrambled)
+  out = apply(params, scrambled)
   for f in FIELDS:
     np.testing.assert_array_equal(getattr(out, f)[:4], getattr(ref, f)[:4])
   # And equal to a batch without padding rows.
-  tight = model.apply({"params": params}, make_batch(GRAPHS, np.arange(4), 4))
+  tight = apply(params, make_batch(GRAPHS, np.arange(4), 4))
   for f in FIELDS:
     np.testing.assert_allclose(getattr(tight, f), getattr(ref, f)[:4],
                                rtol=1e-5, atol=1e-5)
@@ -266,9 +267,9 @@ def test_adam_steps_lower_cross_entropy(name):
     updates, s = tx.update(grads, s, p)
     return optax.apply_updates(p, updates), s, loss
 
+  apply = jax.jit(lambda p: model.apply({"params": p}, batch).logits)
   no_dropout = lambda p: float(optax.softmax_cross_entropy_with_integer_labels(
-      model.apply({"params": p}, batch).logits,
-      batch.targets)[batch.graph_mask].mean())
+      apply(p), batch.targets)[batch.graph_mask].mean())
   start = no_dropout(params)
   for k in range(20):
     params, opt_state, loss = step(params, opt_state, jax.random.key(k))
