@@ -111,7 +111,7 @@ def bench_backbone(backbone, data, graphs, args):
          "examples_per_s": bs / step_s, "gflops": flops / step_s / 1e9,
          "epoch_s_from_steps": step_s * steps_per_epoch,
          "loss": float(metrics["loss"])}
-  if not args.quick:
+  if not (args.quick or args.skip_epoch):
     t0 = time.perf_counter()
     for batch in graphs_lib.iterate_batches(graphs, bs, shuffle=True, seed=0, epoch=1):
       state, metrics = step(state, batch)
@@ -126,6 +126,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="smoke run: batch 256, 3 timed steps, no full epoch")
+  parser.add_argument("--skip_epoch", action="store_true",
+                      help="time --steps steps only (epoch_s_from_steps), no full epoch")
   parser.add_argument("--batch", type=int, default=None, help="default 1024 (quick: 256)")
   parser.add_argument("--embed", type=int, default=64)
   parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10)")
