@@ -56,6 +56,15 @@ class GlobalGraph:
     return f"GlobalGraph(kind={self.kind!r}, digest={self.digest!r}, arrays={shapes})"
 
 
+def require_global_graph(graph: "GlobalGraph | None", kind: str, model: str,
+                         what: str) -> None:
+  """Raises a ValueError naming the fix unless ``graph`` is a ``GlobalGraph`` of ``kind``."""
+  if graph is None or graph.kind != kind:
+    raise ValueError(
+        f"{model} needs SBRConfig.global_graph of kind {kind!r} ({what}); build the config "
+        "with sbrjax.sbr.train.sbr_config, which makes it with sbrjax.data.item_graphs.")
+
+
 class GlobalGraphParams(nn.Module):
   """Copies a ``GlobalGraph``'s arrays into the parameters, returns them gradient-free.
 

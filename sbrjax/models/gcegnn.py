@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from sbrjax.models.backbone import (GlobalGraphParams, SBRConfig, SBROutput, click_mask,
-                                    last_click, masked_softmax)
+                                    last_click, masked_softmax, require_global_graph)
 from sbrjax.models.gnn import uniform_init
 from sbrjax.models.readouts import ReversedPositionReadout
 
@@ -151,11 +151,8 @@ class GCEGNN(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    if cfg.global_graph is None or cfg.global_graph.kind != "gcegnn":
-      raise ValueError(
-          "GCE-GNN needs SBRConfig.global_graph of kind 'gcegnn' (the training split's "
-          "item graph); build the config with sbrjax.sbr.train.sbr_config, which makes "
-          "it with sbrjax.data.item_graphs.")
+    require_global_graph(cfg.global_graph, "gcegnn", "GCE-GNN",
+                         "the training split's item graph")
     self.item_embedding = nn.Embed(cfg.num_items, cfg.embed_dim, dtype=cfg.dtype,
                                    embedding_init=uniform_init(1.0 / cfg.embed_dim**0.5))
     self.global_graph = GlobalGraphParams(cfg.global_graph)

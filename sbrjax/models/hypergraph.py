@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 
 from sbrjax.models.backbone import (GlobalGraphParams, SBRConfig, SBROutput, click_mask,
-                                    last_click)
+                                    last_click, require_global_graph)
 from sbrjax.models.gcegnn import node_graph_index
 from sbrjax.models.gnn import uniform_init
 from sbrjax.models.readouts import ReversedPositionReadout
@@ -134,11 +134,8 @@ class S2DHCN(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    if cfg.global_graph is None or cfg.global_graph.kind != "hypergraph":
-      raise ValueError(
-          "S2-DHCN needs SBRConfig.global_graph of kind 'hypergraph' (the training split's "
-          "hypergraph operator); build the config with sbrjax.sbr.train.sbr_config, which "
-          "makes it with sbrjax.data.item_graphs.")
+    require_global_graph(cfg.global_graph, "hypergraph", "S2-DHCN",
+                         "the training split's hypergraph operator")
     self.item_embedding = nn.Embed(cfg.num_items, cfg.embed_dim, dtype=cfg.dtype,
                                    embedding_init=uniform_init(1.0 / cfg.embed_dim**0.5))
     self.global_graph = GlobalGraphParams(cfg.global_graph)
