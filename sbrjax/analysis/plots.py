@@ -12,6 +12,8 @@ from typing import Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from sbrjax import fileio
+
 
 def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -29,7 +31,7 @@ def save_figure(fig, path: str, dpi: int = 110) -> str:
   os.close(fd)
   try:
     fig.savefig(tmp, dpi=dpi, format="png")
-    os.replace(tmp, path)
+    fileio.publish(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)

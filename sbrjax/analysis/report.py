@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from sbrjax import fileio
 from sbrjax.analysis import cases as cases_lib
 from sbrjax.analysis import groups as groups_lib
 from sbrjax.analysis import pca as pca_lib
@@ -49,7 +50,7 @@ def _write_text(path: str, text: str) -> None:
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
   with os.fdopen(fd, "w", encoding="utf-8") as f:
     f.write(text)
-  os.replace(tmp, path)
+  fileio.publish(tmp, path)
 
 
 def unique_labels(runs: Sequence[runs_lib.Run],

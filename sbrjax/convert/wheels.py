@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 
 from sbrjax import errors
+from sbrjax import fileio
 from sbrjax.data import digest
 
 
@@ -47,7 +48,7 @@ def extract(wheel: str, target: str, keep=lambda member: True) -> str:
                  "sha256": digest.file_digest(wheel, memo_path=_memo())}, f)
     if os.path.exists(target):
       shutil.rmtree(target)
-    os.replace(tmp, target)
+    fileio.publish(tmp, target)
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp)

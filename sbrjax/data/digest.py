@@ -15,6 +15,8 @@ import os
 import tempfile
 from typing import Any, Dict, Tuple
 
+from sbrjax import fileio
+
 _CHUNK = 1 << 20
 _MEMO: Dict[Tuple[str, int, int], str] = {}
 
@@ -70,7 +72,7 @@ def _write_memo(memo_path, memo: dict) -> None:
   fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
   with os.fdopen(fd, "w") as f:
     json.dump(memo, f)
-  os.replace(tmp, memo_path)
+  fileio.publish(tmp, memo_path)
 
 
 def tree_digest(obj: Any, length: int = 16) -> str:

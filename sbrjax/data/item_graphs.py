@@ -50,6 +50,7 @@ from typing import Dict, Tuple
 import numpy as np
 import scipy.sparse as sp
 
+from sbrjax import fileio
 from sbrjax.data import digest as digest_lib
 from sbrjax.data.types import PreparedData, Split
 
@@ -310,7 +311,7 @@ def load_or_build(data: PreparedData, kind: str, settings: dict,
           json.dump(meta, f, indent=1)
         if folder.exists():
           shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        fileio.publish(tmp, folder)
       finally:
         if tmp.exists():
           shutil.rmtree(tmp, ignore_errors=True)

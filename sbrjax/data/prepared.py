@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from sbrjax import errors
+from sbrjax import fileio
 from sbrjax.data import builders, negatives, preprocess, raw, stats
 from sbrjax.data.types import PreparedData, Split
 
@@ -324,7 +325,7 @@ def save(data: PreparedData, settings: DataSettings, versions: dict,
       json.dump(meta, f)
     if target.exists():  # A stale/corrupt cache: swap it out.
       shutil.rmtree(target)
-    os.replace(tmp, target)
+    fileio.publish(tmp, target)
   finally:
     if tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)

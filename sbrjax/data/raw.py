@@ -37,6 +37,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from sbrjax import errors
+from sbrjax import fileio
 
 # Every public URL this package downloads from, in one place.  Amazon 2014 is
 # the SNAP/UCSD "5-core" release (reviews) with its per-category metadata;
@@ -392,7 +393,7 @@ def download(url: str, dest: pathlib.Path,
     with os.fdopen(fd, "wb") as out, \
         urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
       shutil.copyfileobj(resp, out, length=1 << 20)
-    os.replace(tmp, dest)
+    fileio.publish(tmp, dest)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)
@@ -493,7 +494,7 @@ def extract_recbole_ml100k(dest_dir: pathlib.Path,
         fd, part = tempfile.mkstemp(dir=dest_dir, prefix=".part-" + n)
         with os.fdopen(fd, "wb") as f:
           f.write(data)
-        os.replace(part, dest_dir / n)
+        fileio.publish(part, dest_dir / n)
   return {n: dest_dir / n for n in names}
 
 
@@ -509,6 +510,6 @@ def extract_zip_members(zip_path: pathlib.Path, members: dict,
         fd, part = tempfile.mkstemp(dir=dest_dir, prefix=".part-" + name)
         with os.fdopen(fd, "wb") as f:
           f.write(z.read(inner))
-        os.replace(part, target)
+        fileio.publish(part, target)
       out[name] = target
   return out

@@ -55,6 +55,7 @@ import numpy as np
 from absl import logging
 
 from sbrjax import errors
+from sbrjax import fileio
 from sbrjax import llm as llm_api
 from sbrjax.data import digest as digest_lib
 from sbrjax.data.types import PreparedData, Split
@@ -274,7 +275,7 @@ def _write_atomic(path: pathlib.Path, lines: Sequence[str]) -> None:
     f.writelines(lines)
     f.flush()
     os.fsync(f.fileno())
-  os.replace(tmp, path)
+  fileio.publish(tmp, path)
 
 
 def generate_intent_texts(split_dir, prompts: Mapping[str, Sequence[str]],
@@ -471,7 +472,7 @@ def write_key(path: pathlib.Path, key: Mapping[str, Any]) -> None:
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
   with os.fdopen(fd, "w") as f:
     json.dump(key, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
+  fileio.publish(tmp, path)
 
 
 def load_text_encoder(te_cfg):
@@ -499,7 +500,7 @@ def item_embeddings(encoder, data: PreparedData, root: pathlib.Path, batch_size:
   fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
   with os.fdopen(fd, "wb") as f:
     np.save(f, arr)
-  os.replace(tmp, path)
+  fileio.publish(tmp, path)
   write_key(path.with_suffix(".json"), key)
   return arr
 

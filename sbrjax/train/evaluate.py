@@ -44,6 +44,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, T
 import jax
 import numpy as np
 
+from sbrjax import fileio
 from sbrjax import metrics as metrics_lib
 
 RankFn = Callable[[Any, Any], Dict[str, jax.Array]]
@@ -181,7 +182,7 @@ def save_examples(path: str, columns: Mapping[str, np.ndarray],
   os.close(fd)
   try:
     pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    fileio.publish(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)

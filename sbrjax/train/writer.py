@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from sbrjax import fileio
+
 
 class MetricWriter:
   """Scalars to TensorBoard; a no-op on processes other than 0."""
@@ -60,7 +62,7 @@ def write_text_atomic(path: str, text: str) -> None:
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)
-    os.replace(tmp, path)
+    fileio.publish(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)

@@ -34,6 +34,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sbrjax import fileio
 from sbrjax.data import digest
 from sbrjax.data import raw
 
@@ -239,7 +240,7 @@ def load_canonical(dataset: str, variant: str, data_dir,
       fd, tmp = tempfile.mkstemp(dir=tfds_dir, suffix=".tmp")
       with os.fdopen(fd, "w") as f:
         json.dump(info, f, indent=2)
-      os.replace(tmp, record)
+      fileio.publish(tmp, record)
     built[cls] = b.as_data_source()["train"]
   sources_by_cls = built
   user_recs = sorted((sources_by_cls[inter_cls][i] for i in
