@@ -207,16 +207,19 @@ def test_case_studies_explain_missing_localized_ids(tmp_path):
     cases_lib.load_localized(os.path.join(folder, "test.npy"))
 
 
-def _llm4sbr_run(f, tau, seed, value):
+def _llm4sbr_run(f, tau, seed, value, perspectives=("long_term", "short_term")):
   cfg = ml_collections.ConfigDict({"llm4sbr": {"variant": "llm4sbr", "intent_control": "none",
-                                               "f": f, "tau": tau}, "seed": seed})
-  return runs_lib.Run(workdir=f"/runs/{f}-{tau}-{seed}", config=cfg, job="llm4sbr",
+                                               "f": f, "tau": tau,
+                                               "perspectives": perspectives}, "seed": seed})
+  return runs_lib.Run(workdir=f"/runs/{f}-{tau}-{seed}-{len(perspectives)}", config=cfg,
+                      job="llm4sbr",
                       results={"test": {"full/HR@10": value, "full/MRR@10": value / 4}})
 
 
 def test_f_sweep_averages_runs_per_value_and_draws_the_curve(tmp_path):
   runs = [_llm4sbr_run(f, 0.1, s, f / 10 + s / 100) for f in (0, 1, 3) for s in (0, 1)]
   runs.append(_llm4sbr_run(5, 0.5, 0, 0.9))  # another tau: not on this f curve
+  runs.append(_llm4sbr_run(5, 0.1, 0, 0.8, ("short_term",)))  # an ablation: not on it either
   found = cases_lib.sweeps(runs)
   assert set(found) == {"f"} and len(found["f"]) == 6
   points = cases_lib.sweep_points(found["f"], "f", ["full/HR@10"])["full/HR@10"]

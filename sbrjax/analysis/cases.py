@@ -181,14 +181,15 @@ def sweep_points(runs, key: str, metrics: Sequence[str]) -> Dict[str, Dict[float
 
 
 def sweeps(runs) -> Dict[str, List]:
-  """Which of f and tau vary among the fused LLM4SBR runs (with the other fixed)."""
+  """Which of f and tau vary among the fused LLM4SBR runs (the other and the perspectives fixed)."""
   fused = [r for r in runs if r.job == "llm4sbr" and r.config.llm4sbr.variant == "llm4sbr"
            and r.config.llm4sbr.intent_control == "none"]
   out = {}
   for key, other in (("f", "tau"), ("tau", "f")):
-    by_other: Dict[float, List] = {}
+    by_other: Dict[Tuple[float, Tuple[str, ...]], List] = {}
     for r in fused:
-      by_other.setdefault(float(r.config.llm4sbr[other]), []).append(r)
+      fixed = (float(r.config.llm4sbr[other]), tuple(r.config.llm4sbr.perspectives))
+      by_other.setdefault(fixed, []).append(r)
     for group in by_other.values():
       if len({float(r.config.llm4sbr[key]) for r in group}) >= 2:
         out[key] = group
