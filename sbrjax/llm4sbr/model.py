@@ -55,7 +55,7 @@ or "w/o short"; both dropped fuses ``[s_l; s_g]`` only).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import flax
 import flax.linen as nn
@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sbrjax.models import backbone as backbone_lib
 from sbrjax.models import sbr as sbr_lib
 from sbrjax.models.gnn import uniform_init
 from sbrjax.train import labels as labels_lib
@@ -113,6 +114,9 @@ class LLM4SBROutput:
     global_: [B, D] backbone s_g.
     intent_reps: [B, P, D] projected intents (W1 x), P = len(perspectives).
     backbone_final: [B, D] the backbone's own session rep (for reference).
+    aux_losses: the backbone's own training losses (S^2-DHCN's self-supervised
+      loss, HCGR's contrastive term; None for the others and when
+      deterministic), added to the fused loss as the backbone adds them.
   """
 
   logits: jax.Array
@@ -121,6 +125,7 @@ class LLM4SBROutput:
   global_: jax.Array
   intent_reps: jax.Array
   backbone_final: jax.Array
+  aux_losses: Optional[Dict[str, jax.Array]] = None
 
 
 class Fusion(nn.Module):
@@ -175,7 +180,8 @@ class LLM4SBR(nn.Module):
     x = intents.astype(self.cfg.sbr.dtype)
     final, reps = self.fusion(out.local, out.global_, x)
     logits = self.score(out, final, batch)
-    return LLM4SBROutput(logits, final, out.local, out.global_, reps, out.final)
+    return LLM4SBROutput(logits, final, out.local, out.global_, reps, out.final,
+                         out.aux_losses)
 
 
 # --------------------------------------------------------------------------
@@ -186,18 +192,22 @@ def unused_parameters(model: LLM4SBR, params, batch, seed: int = 0) -> List[str]
   """Paths ('sbr/readout/w3/kernel' ...) of leaves nothing the loss reads depends on.
 
   A gradient probe: random intents and random cotangents on every output the
-  loss uses (logits, intent reps, local, global) — not on ``backbone_final``
-  — pulled back to the parameters; a leaf whose gradient is exactly zero
+  loss uses (logits, intent reps, local, global, and the backbone's own
+  training losses, computed in training mode) — not on ``backbone_final`` —
+  pulled back to the parameters; a leaf whose gradient is exactly zero
   everywhere is not on any path to them (JAX's zero cotangents for unused
   inputs are exact zeros; a used leaf would need a measure-zero accident).
   """
   b = batch.lengths.shape[0]
-  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
   intents = jax.random.normal(k1, (b, len(model.cfg.perspectives), model.cfg.text_dim))
 
   def outputs(p):
     out = model.apply({"params": p}, batch, intents)
-    return (out.logits, out.intent_reps, out.local, out.global_)
+    train = model.apply({"params": p}, batch, intents, deterministic=False,
+                        rngs={"dropout": k3})
+    aux, _ = backbone_lib.auxiliary_loss(train)
+    return (out.logits, out.intent_reps, out.local, out.global_, aux)
 
   primal, pullback = jax.vjp(outputs, params)
   keys = jax.random.split(k2, len(primal))
@@ -205,6 +215,10 @@ def unused_parameters(model: LLM4SBR, params, batch, seed: int = 0) -> List[str]
   (grads,) = pullback(cot)
   unused = []
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    # Data arrays (label "constant": a global graph behind stop_gradient) are
+    # read but have no gradient by design; they are never pruned.
+    if labels_lib.param_label(path) == "constant":
+      continue
     if not np.any(np.asarray(g)):
       unused.append(labels_lib.path_str(path))
   return unused
@@ -279,8 +293,11 @@ def uniformity_loss(x: jax.Array, mask: jax.Array, t: float = 2.0) -> jax.Array:
 
 def llm4sbr_loss(cfg: LLM4SBRConfig, out: LLM4SBROutput, targets: jax.Array,
                  mask: jax.Array) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-  """``L_rec + tau * sum_p (L_align + L_uniform)`` and its parts."""
+  """``L_rec + tau * sum_p (L_align + L_uniform)`` (+ the backbone's own
+  training losses, e.g. S^2-DHCN's beta L_S) and its parts."""
   parts = {"rec_loss": losses.masked_xent(out.logits, targets, mask)}
+  backbone_aux, named = backbone_lib.auxiliary_loss(out)
+  parts.update(named)
   aux = jnp.zeros((), jnp.float32)
   for k, name in enumerate(cfg.perspectives):
     e = out.intent_reps[:, k]
@@ -290,5 +307,5 @@ def llm4sbr_loss(cfg: LLM4SBRConfig, out: LLM4SBROutput, targets: jax.Array,
                   uniformity_loss(s, mask, cfg.uniformity_t))
     parts[f"align_{name}"], parts[f"uniform_{name}"] = align, unif
     aux = aux + align + unif
-  loss = parts["rec_loss"] + cfg.tau * aux
+  loss = parts["rec_loss"] + cfg.tau * aux + backbone_aux
   return loss, parts

@@ -48,6 +48,7 @@ from sbrjax.data import prepared as prepared_lib
 from sbrjax.llm4sbr import config as l4s_config
 from sbrjax.llm4sbr import inference
 from sbrjax.llm4sbr import model as llm4sbr_lib
+from sbrjax.models import backbone as backbone_lib
 from sbrjax.models import sbr as sbr_lib
 from sbrjax.sbr import train as train_sbr
 from sbrjax.train import evaluate as evaluate_lib
@@ -109,8 +110,9 @@ def make_forward(model, cfg: Optional[llm4sbr_lib.LLM4SBRConfig], pruned=None):
     if cfg is None:  # plain backbone
       out = model.apply({"params": params["sbr"]}, gb, deterministic=deterministic,
                         rngs=rngs)
-      loss = losses.masked_xent(out.logits, gb.targets, gb.graph_mask)
-      return loss, {"rec_loss": loss}, out.logits
+      rec = losses.masked_xent(out.logits, gb.targets, gb.graph_mask)
+      aux, named = backbone_lib.auxiliary_loss(out)  # S^2-DHCN's SSL, HCGR's contrastive
+      return rec + aux, {"rec_loss": rec, **named}, out.logits
     full = llm4sbr_lib.fill(params, pruned) if pruned else params
     out = model.apply({"params": full}, gb, intents, deterministic=deterministic,
                       rngs=rngs)

@@ -159,6 +159,10 @@ def test_score_of_the_backbones_own_final_is_its_logits(backbone):
     ("niser", ["sbr/readout/w3/bias", "sbr/readout/w3/kernel"]),
     ("tagnn", ["sbr/readout/w3/bias", "sbr/readout/w3/kernel"]),
     ("gcsan", []),
+    # Their global graph arrays have no gradient (stop_gradient) but are read:
+    # pruning (and zero-filling) them would silently cut the global channel.
+    ("gcegnn", []),
+    ("s2dhcn", []),
 ])
 def test_unused_backbone_parameters_are_found_and_pruned(backbone, unused):
   batch = _batch()
@@ -248,3 +252,35 @@ def test_training_steps_lower_the_loss():
   aux = sum(float(parts[f"{k}_{p}"]) for k in ("align", "uniform")
             for p in cfg.perspectives)
   np.testing.assert_allclose(float(loss), float(parts["rec_loss"]) + 0.1 * aux, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone,name", [("s2dhcn", "s2dhcn_ssl"),
+                                           ("hcgr", "hcgr_contrastive")])
+def test_backbone_training_losses_are_kept(backbone, name):
+  # LLM4SBR(S2-DHCN) trains with S2-DHCN's self-supervised loss, as S2-DHCN
+  # does; so does the plain-backbone variant. Same rng and module path -> the
+  # same term the backbone reports in training mode.
+  batch = _batch()
+  cfg = _cfg(backbone)
+  model, params, _ = _init(cfg, batch)
+  x = jax.random.normal(jax.random.PRNGKey(2), (6, 2, TEXT_DIM))
+  rngs = {"dropout": jax.random.PRNGKey(5)}
+  want = float(model.apply(
+      {"params": params}, batch, rngs=rngs,
+      method=lambda m, b: m.sbr.session_representations(b, deterministic=False)
+  ).aux_losses[name])
+  assert want != 0.0
+  loss, parts, _ = train_llm4sbr.make_forward(model, cfg)(params, (batch, x), False, rngs)
+  np.testing.assert_allclose(float(parts[name]), want, rtol=1e-5)
+  aux = sum(float(parts[f"{k}_{p}"]) for k in ("align", "uniform")
+            for p in cfg.perspectives)
+  np.testing.assert_allclose(float(loss), float(parts["rec_loss"]) + 0.1 * aux + want,
+                             rtol=1e-5)
+  plain = sbr_lib.create_model(cfg.sbr)
+  want = float(plain.apply({"params": params["sbr"]}, batch, deterministic=False,
+                           rngs=rngs).aux_losses[name])
+  loss, parts, _ = train_llm4sbr.make_forward(plain, None)(params, (batch, x), False, rngs)
+  np.testing.assert_allclose(float(parts[name]), want, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(parts["rec_loss"]) + want, rtol=1e-5)
+  # Nothing the backbone's own loss reads is pruned as unused.
+  assert not llm4sbr_lib.unused_parameters(model, params, batch)
