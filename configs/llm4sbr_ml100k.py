@@ -14,9 +14,10 @@ intents, 2.5x the stage-1 time on this CPU; the gap rule also keeps the
 sessions of the earlier README table (2,148 / 239 / 265 rows then: the
 split sizes now follow the paper's int(0.9 n), moving one session to test).
 
-Stated reductions (SmolLM2 greedy decoding, float32, batch 32, made 1.30
-intents/s on the 2-core development CPU with these prompts: 68 minutes for
-the 5,304 intents):
+Stated reductions (SmolLM2 greedy decoding, float32, batch 32, makes ~1.3
+intents/s on the 2-core development CPU with these prompts: 1.28 in the quiet
+benchmark, 1.30 over the README's 68-minute run for the 5,304 intents, whose
+first 18 minutes shared the CPU):
   * prompts list the 5 most recent clicks (the paper lists the whole session);
   * at most 16 new tokens per intent (an item title).
 llm4sbr.variant=backbone trains plain SR-GNN on the same rows (the comparison
