@@ -99,9 +99,16 @@ class GRU(nn.Module):
 
 
 class _Sequence(nn.Module):
-  """Scores = the subclass's ``session_representations`` . its table (+ item bias)."""
+  """Scores = the subclass's ``session_representations`` . its table (+ item bias).
+
+  LLMGR traits (``sbrjax.llmgr.model.backbone_traits``): no session graph
+  (the behavior prompt hides its graph placeholder, LLMGR Section 4.3); no
+  contextual per-click states unless a subclass says so (GRU4Rec, NARM).
+  """
 
   cfg: SBRConfig
+  session_graph = False
+  click_states = False
 
   def item_bias(self):
     """[I] bias added to every row's scores, or None."""
@@ -255,6 +262,8 @@ class GRU4Rec(_Sequence):
   ``h_n`` after dropout.
   """
 
+  click_states = True  # GRU hidden states
+
   def setup(self):
     cfg = self.cfg
     _check_dropout(cfg)
@@ -297,6 +306,8 @@ class NARM(_Sequence):
   session and c_g the most recent state; SR-GNN's s_g / s_l are the other way
   round). ``seq_states`` are the GRU states.
   """
+
+  click_states = True  # GRU hidden states
 
   def setup(self):
     cfg = self.cfg

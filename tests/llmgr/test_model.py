@@ -212,18 +212,26 @@ class FakeSequenceModel(nn.Module):
                              final @ emb.T)
 
 
-@pytest.mark.parametrize("backbone", ["srgnn", "gcsan", "niser", "tagnn", "fakeseq"])
+# backbone -> (reads a session graph, has contextual per-click states)
+TRAITS = {"srgnn": (True, True), "gcsan": (True, True), "niser": (True, True),
+          "tagnn": (True, True), "fakeseq": (False, False), "fpmc": (False, False),
+          "caser": (False, False), "stamp": (False, False), "gru4rec": (False, True),
+          "narm": (False, True)}
+
+
+@pytest.mark.parametrize("backbone", list(TRAITS))
 def test_every_backbone_plugs_in(cfg, backbone, monkeypatch):
   monkeypatch.setitem(sbr_lib._MODELS, "fakeseq", FakeSequenceModel)
   cfg.sbr.backbone = backbone
   cfg.llmgr.node_source = "gnn"
   data, model, params, enc, pad = _setup(cfg)
   traits = llmgr_lib.backbone_traits(model.config.sbr)
-  graph_free = backbone == "fakeseq"
-  assert traits == {"session_graph": not graph_free, "click_states": not graph_free}
-  assert enc.graph_slot == (not graph_free)
+  graph, states = TRAITS[backbone]
+  graph_free = not graph
+  assert traits == {"session_graph": graph, "click_states": states}
+  assert enc.graph_slot == graph
   # Without per-click states the node slots take the item table.
-  assert model.config.node_source == ("table" if graph_free else "gnn")
+  assert model.config.node_source == ("gnn" if states else "table")
   batch = _batch(data, enc, pad)
   assert (0 in batch.slot_src[batch.mask][:, 0]) == (not graph_free)
   train_llmgr.check_tree(model, params, batch)
