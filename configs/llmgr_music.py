@@ -15,6 +15,8 @@ Meant for GPUs: bf16 compute, frozen base weights stored in bf16.
 Options (each one line; "beyond" = beyond the paper):
   --config.llmgr.head_init=backbone          beyond: f_out starts from GC-SAN's scores
   --config.llmgr.head=tied                   beyond: MLP to the SBR space x live item table
+  --config.llmgr.head=residual               beyond: tied head + GC-SAN's own scores (a skip
+                                             around the LLM; starts at the backbone)
   --config.stages.major.label_learning_rates.sbr=1e-4     beyond: a rate per label
   --config.stages.major.label_learning_rates.f_out=1e-4   (0 = the stage's rate)
   --config.train.warmup_steps=100            linear warm-up before the cosine decay

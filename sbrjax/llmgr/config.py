@@ -86,7 +86,9 @@ def llmgr_config(variant: str = "llmgr") -> ml_collections.ConfigDict:
   g.contrastive = "paper"    # "paper": target node never the tail node, answer = all its
                              # listed successors | "legacy": a click drawn, one successor
   # Item head. "paper": f_out, MLP -> |V| logits. "tied" (beyond the paper): MLP ->
-  # SBR dim scored against the backbone's live item table + item bias.
+  # SBR dim scored against the backbone's live item table + item bias. "residual"
+  # (beyond the paper): the tied head plus the backbone's own scores on behavior
+  # prompts, its projection starting at zero (training starts at the backbone).
   g.head = "paper"
   g.head_init = "random"     # "random" | "backbone" (beyond the paper): at the start of
                              # the first stage with behavior prompts, fit the head's last

@@ -61,6 +61,8 @@ class PromptBatch(NamedTuple):
     labels: int32 [B, T] answer items; the prompt's target distribution is
       uniform over its valid labels (one for behavior and node_text).
     label_mask: bool [B, T] valid labels (at least one per real row).
+    behavior: bool [B] behavior prompts (the residual head adds the
+      backbone's own scores on these rows only); None: every row.
   """
   sessions: Any
   input_ids: Any
@@ -74,6 +76,7 @@ class PromptBatch(NamedTuple):
   negatives: Any = None
   labels: Any = None
   label_mask: Any = None
+  behavior: Any = None
 
 
 @dataclasses.dataclass
@@ -216,6 +219,8 @@ class PromptBatcher:
     if not self.prompts:
       raise ValueError("No prompts to batch: every task produced zero examples.")
     self.labels = [lab for ex in examples for lab in ex.label_lists()]
+    self.behavior = np.array([ex.task == "behavior" for ex in examples for _ in ex.prompts],
+                             bool)
     self.max_labels = max(len(lab) for lab in self.labels)
     seqs = [ex.sessions.sequence(i) for ex in examples for i in range(len(ex.sessions))]
     targets = np.concatenate([ex.sessions.targets for ex in examples])
@@ -249,6 +254,7 @@ class PromptBatcher:
       labels[row, :len(self.labels[i])] = self.labels[i]
       label_mask[row, :len(self.labels[i])] = True
     arrays["labels"], arrays["label_mask"] = labels, label_mask
+    arrays["behavior"] = self.behavior[idx]
     pad_rows = self.batch_size - n
     if pad_rows:
       for key, value in arrays.items():
@@ -261,7 +267,8 @@ class PromptBatcher:
                        slot_pos=arrays["slot_pos"], slot_src=arrays["slot_src"],
                        items=arrays["items"], targets=sessions.targets,
                        mask=sessions.graph_mask, negatives=sessions.negatives,
-                       labels=arrays["labels"], label_mask=arrays["label_mask"])
+                       labels=arrays["labels"], label_mask=arrays["label_mask"],
+                       behavior=arrays["behavior"])
 
   def iterate(self, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> Iterator:
     n = len(self)

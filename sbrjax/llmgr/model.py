@@ -26,7 +26,12 @@ token of "Response:"):
   * ``tied`` (beyond the paper): an MLP to the SBR dimension scored against
     the backbone's live item table plus an item bias,
     ``logits = proj(h) @ E^T + b``, so a few prompts per item suffice: every
-    item's output row is its (trained) ID embedding.
+    item's output row is its (trained) ID embedding;
+  * ``residual`` (beyond the paper): the tied head plus, on behavior prompts,
+    the backbone's own scores, ``logits = backbone_logits + proj(h) @ E^T + b``
+    with ``proj`` and ``b`` starting at zero, so the major stage starts
+    exactly where the backbone is and the LLM learns a correction (a skip
+    connection around the LLM; auxiliary prompts get the tied head only).
 
 ``sbrjax.llmgr.head_init`` can start either head from the backbone (a
 least-squares map from the LLM state to the backbone's session vector).
@@ -60,7 +65,7 @@ from sbrjax.models import llama as llama_lib
 from sbrjax.models import lora as lora_lib
 from sbrjax.models import sbr as sbr_lib
 
-HEADS = ("paper", "tied")
+HEADS = ("paper", "tied", "residual")
 CONTROLS = ("none", "no_decoder", "shuffle_slots")
 NODE_SOURCES = ("table", "gnn", "mixed")
 
@@ -97,12 +102,15 @@ def backbone_traits(sbr_cfg) -> dict:
   ``session_graph`` (False: the behavior prompt hides its graph placeholder,
   paper Section 4.3) and ``click_states`` (False: ``seq_states`` are not
   contextual per-click states, so ``node_source="gnn"`` falls back to the item
-  table). Both default to True, what the graph backbones (SR-GNN, GC-SAN,
-  NISER+, TAGNN) are.
+  table) and ``dot_scores`` (False: its scores are not ``final . E^T``, e.g.
+  an item bias or a scale, so the residual head cannot split the catalog
+  across devices). All default to True, what the graph backbones (SR-GNN,
+  GC-SAN, GCE-GNN, ...) are.
   """
   cls = type(sbr_lib.create_model(sbr_cfg))
   return {"session_graph": bool(getattr(cls, "session_graph", True)),
-          "click_states": bool(getattr(cls, "click_states", True))}
+          "click_states": bool(getattr(cls, "click_states", True)),
+          "dot_scores": bool(getattr(cls, "dot_scores", True))}
 
 
 # ---------------------------------------------------------------------------
@@ -154,6 +162,42 @@ class TiedHead(nn.Module):
     if mode == "scoring":
       return with_bias_column(z), jnp.concatenate([table, bias[:, None]], axis=1)
     return z @ table.T + bias  # [B, M]
+
+
+class ResidualHead(nn.Module):
+  """Beyond the paper: the tied head plus the backbone's own scores.
+
+  ``logits = g * backbone_logits + proj(mlp(h)) @ table^T + item_bias`` with
+  ``g`` = 1 on behavior prompts, 0 on auxiliary ones; ``proj`` and
+  ``item_bias`` start at zero, so before training the behavior logits are
+  the backbone's exactly.
+  """
+  num_items: int
+  sbr_dim: int
+  hidden: int = 0
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, final, table, backbone_logits, behavior,
+               deterministic: bool = True, mode: str = "logits"):
+    """``mode``: "logits" [B, M]; "features" (input of ``proj``) [B, H];
+    "scoring" (``[g * final + proj | 1]`` [B, d + 1] and the rows
+    ``[table | item_bias]`` [M, d + 1]; their product is the logits for a
+    backbone whose scores are ``final . table^T``)."""
+    x = x.astype(jnp.float32)
+    if self.hidden:
+      x = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
+      x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    if mode == "features":
+      return x
+    z = nn.Dense(self.sbr_dim, name="proj", kernel_init=nn.initializers.zeros)(x)  # [B, d]
+    bias = self.param("item_bias", nn.initializers.zeros, (self.num_items,), jnp.float32)
+    gate = behavior.astype(jnp.float32)[:, None]  # [B, 1]
+    table = table.astype(jnp.float32)  # [M, d]
+    if mode == "scoring":
+      return (with_bias_column(gate * final.astype(jnp.float32) + z),
+              jnp.concatenate([table, bias[:, None]], axis=1))
+    return gate * backbone_logits.astype(jnp.float32) + z @ table.T + bias  # [B, M]
 
 
 def head_table(f_out_params) -> jax.Array:
@@ -211,6 +255,9 @@ class LLMGR(nn.Module):
     if cfg.head == "tied":
       self.f_out = TiedHead(cfg.num_items, cfg.sbr.embed_dim, cfg.head_hidden,
                             cfg.head_dropout, name="f_out")
+    elif cfg.head == "residual":
+      self.f_out = ResidualHead(cfg.num_items, cfg.sbr.embed_dim, cfg.head_hidden,
+                                cfg.head_dropout, name="f_out")
     else:
       self.f_out = ItemHead(cfg.num_items, cfg.head_hidden, cfg.head_dropout, name="f_out")
 
@@ -253,6 +300,17 @@ class LLMGR(nn.Module):
     rows [M, K + 1])`` whose product is the logits, for heads that split the
     catalog across devices."""
     last, sbr_out = self.pooled(batch, deterministic)
+    if self.config.head == "residual":
+      if features_only and not getattr(type(self.sbr), "dot_scores", True):
+        raise ValueError(
+            f"config.llmgr.head='residual' cannot split the catalog across devices for "
+            f"backbone {self.config.sbr.backbone!r}, whose scores are not final . E^T; "
+            f"run it on one device or use config.llmgr.head='tied'.")
+      behavior = (jnp.ones(last.shape[:1], bool) if batch.behavior is None
+                  else batch.behavior)
+      return self.f_out(last, sbr_out.final, sbr_out.item_embeddings, sbr_out.logits,
+                        behavior, deterministic=deterministic,
+                        mode="scoring" if features_only else "logits")
     if self.config.head == "tied":
       mode = "scoring" if features_only else "logits"
       return self.f_out(last, sbr_out.item_embeddings, deterministic=deterministic, mode=mode)
@@ -264,6 +322,10 @@ class LLMGR(nn.Module):
   def head_fit_inputs(self, batch: PromptBatch):
     """(input of the head's last linear layer [B, H], the backbone's session
     vector ``final`` [B, d_sbr], its scoring table [M, d_sbr]), deterministic."""
+    if self.config.head == "residual":
+      raise ValueError("config.llmgr.head_init='backbone' does not apply to "
+                       "head='residual', which starts at the backbone's scores already; "
+                       "use head_init='random'.")
     last, sbr_out = self.pooled(batch, True)
     if self.config.head == "tied":
       feats = self.f_out(last, sbr_out.item_embeddings, mode="features")
@@ -298,6 +360,11 @@ def assemble_params(cfg: LLMGRConfig, llm_base: Any, sbr_params: Any, seed: int)
     f_out = TiedHead(cfg.num_items, d_sbr, cfg.head_hidden).init(
         jax.random.PRNGKey(seed + 5), jnp.zeros((1, d_llm)),
         jnp.zeros((cfg.num_items, d_sbr)))["params"]
+  elif cfg.head == "residual":
+    f_out = ResidualHead(cfg.num_items, d_sbr, cfg.head_hidden).init(
+        jax.random.PRNGKey(seed + 5), jnp.zeros((1, d_llm)), jnp.zeros((1, d_sbr)),
+        jnp.zeros((cfg.num_items, d_sbr)), jnp.zeros((1, cfg.num_items)),
+        jnp.ones((1,), bool))["params"]
   else:
     f_out = ItemHead(cfg.num_items, cfg.head_hidden).init(
         jax.random.PRNGKey(seed + 5), jnp.zeros((1, d_llm)))["params"]

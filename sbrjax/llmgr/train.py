@@ -218,6 +218,12 @@ def model_config(config, sbr_cfg, llm_cfg, num_items: int) -> model_lib.LLMGRCon
   """The frozen LLMGR config: the LLM's shape with this run's LoRA and dtypes
   (no decoder blocks and no adapters for the ``no_decoder`` control)."""
   g = config.llmgr
+  if g.head_init not in ("random", "backbone"):
+    raise ValueError(f"config.llmgr.head_init={g.head_init!r} is not supported; choose "
+                     f"'random' (the paper) or 'backbone'.")
+  if g.head_init == "backbone" and g.head == "residual":
+    raise ValueError("config.llmgr.head_init='backbone' does not apply to head='residual', "
+                     "which starts at the backbone's scores already; use head_init='random'.")
   llm_cfg = llm_cfg.replace(lora=lora_config(config))
   if g.control == "no_decoder":  # no blocks, so nothing for LoRA to adapt
     llm_cfg = llm_cfg.replace(num_layers=0, lora=None)

@@ -197,6 +197,8 @@ class NISER(nn.Module):
   ``logits = niser_scale * s_h . normalize(v_i)``.
   """
 
+  dot_scores = False  # scaled cosines, not final . E^T (sbrjax.llmgr.model.backbone_traits)
+
   cfg: SBRConfig
 
   def setup(self):
@@ -260,6 +262,8 @@ class TAGNN(SRGNN):
   (reference code). Unlike the reference, padded clicks are excluded from
   both softmaxes.
   """
+
+  dot_scores = False  # a target-aware term, not final . E^T (sbrjax.llmgr.model.backbone_traits)
 
   softmax_readout = True
 

@@ -198,6 +198,8 @@ class Caser(_Sequence):
   clicks' ``item_embedding`` rows.
   """
 
+  dot_scores = False  # its output layer adds an item bias
+
   def setup(self):
     cfg = self.cfg
     for key in ("caser_len", "caser_h_filters", "caser_v_filters"):
@@ -261,6 +263,8 @@ class GRU4Rec(_Sequence):
   ``local`` = ``global_`` = ``h_n`` (the last click's state), ``final`` =
   ``h_n`` after dropout.
   """
+
+  dot_scores = False  # its output layer adds an item bias
 
   click_states = True  # GRU hidden states
 

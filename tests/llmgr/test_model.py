@@ -96,6 +96,70 @@ def test_tied_llmgr_scores_the_pooled_state_against_the_live_item_table(cfg):
   assert not np.allclose(model.apply({"params": moved}, batch), logits)
 
 
+@pytest.mark.parametrize("hidden", [0, 7])
+def test_residual_head_logits_equal_numpy(hidden):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 10)).astype(np.float32)
+  final = rng.normal(size=(3, 4)).astype(np.float32)
+  table = rng.normal(size=(6, 4)).astype(np.float32)
+  backbone = final @ table.T
+  behavior = np.array([True, False, True])
+  head = llmgr_lib.ResidualHead(num_items=6, sbr_dim=4, hidden=hidden)
+  params = head.init(jax.random.PRNGKey(1), x, final, table, backbone, behavior)["params"]
+  # Fresh: the behavior rows score exactly as the backbone, the others zero.
+  np.testing.assert_array_equal(head.apply({"params": params}, x, final, table, backbone,
+                                           behavior), backbone * behavior[:, None])
+  params = jax.tree_util.tree_map(
+      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  h = x
+  if hidden:
+    h = _gelu(h @ np.asarray(params["hidden"]["kernel"]) + np.asarray(params["hidden"]["bias"]))
+  z = h @ np.asarray(params["proj"]["kernel"]) + np.asarray(params["proj"]["bias"])
+  want = backbone * behavior[:, None] + z @ table.T + np.asarray(params["item_bias"])
+  for fn in (head.apply, jax.jit(head.apply)):
+    np.testing.assert_allclose(fn({"params": params}, x, final, table, backbone, behavior),
+                               want, rtol=1e-5, atol=1e-5)
+  feats, rows = head.apply({"params": params}, x, final, table, backbone, behavior,
+                           mode="scoring")
+  np.testing.assert_allclose(np.asarray(feats) @ np.asarray(rows).T, want, rtol=1e-5, atol=1e-5)
+
+
+def test_residual_llmgr_starts_at_the_backbone_and_gates_auxiliary_prompts(cfg):
+  cfg.llmgr.head = "residual"
+  data, model, params, enc, pad = _setup(cfg)
+  behavior = llmgr_data.behavior_examples(data.train, enc, limit=6)
+  node_text = llmgr_data.node_text_examples(data.num_items, enc, limit=6)
+  batcher = llmgr_data.PromptBatcher([behavior, node_text], max_len=8, batch_size=16,
+                                     length_buckets=(128, 192), pad_id=pad)
+  batch = next(batcher.iterate(shuffle=False))
+  np.testing.assert_array_equal(batch.behavior, [True] * 6 + [False] * 10)
+  sbr_model = sbr_lib.create_model(model.config.sbr)
+  backbone = np.asarray(sbr_model.apply({"params": params["sbr"]}, batch.sessions).logits)
+  logits = np.asarray(model.apply({"params": params}, batch))
+  np.testing.assert_allclose(logits[:6], backbone[:6], rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(logits[6:], 0.0)
+  feats, rows = model.apply({"params": params}, batch, features_only=True)
+  np.testing.assert_allclose(np.asarray(feats) @ np.asarray(rows).T, logits, rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_residual_head_cannot_split_scores_that_are_not_dot_products(cfg):
+  cfg.llmgr.head = "residual"
+  cfg.sbr.backbone = "niser"
+  data, model, params, enc, pad = _setup(cfg)
+  batch = _batch(data, enc, pad)
+  assert np.isfinite(np.asarray(model.apply({"params": params}, batch))).all()
+  with pytest.raises(ValueError, match="cannot split the catalog"):
+    model.apply({"params": params}, batch, features_only=True)
+
+
+def test_residual_head_rejects_head_init_backbone(cfg):
+  cfg.llmgr.head = "residual"
+  cfg.llmgr.head_init = "backbone"
+  with pytest.raises(ValueError, match="head_init='backbone' does not apply"):
+    _setup(cfg)
+
+
 def test_paper_head_features_and_rows_multiply_to_its_logits(cfg):
   data, model, params, enc, pad = _setup(cfg)
   batch = _batch(data, enc, pad)
@@ -212,11 +276,12 @@ class FakeSequenceModel(nn.Module):
                              final @ emb.T)
 
 
-# backbone -> (reads a session graph, has contextual per-click states)
-TRAITS = {"srgnn": (True, True), "gcsan": (True, True), "niser": (True, True),
-          "tagnn": (True, True), "fakeseq": (False, False), "fpmc": (False, False),
-          "caser": (False, False), "stamp": (False, False), "gru4rec": (False, True),
-          "narm": (False, True)}
+# backbone -> (reads a session graph, has contextual per-click states, scores = final . E^T)
+TRAITS = {"srgnn": (True, True, True), "gcsan": (True, True, True),
+          "niser": (True, True, False), "tagnn": (True, True, False),
+          "fakeseq": (False, False, True), "fpmc": (False, False, True),
+          "caser": (False, False, False), "stamp": (False, False, True),
+          "gru4rec": (False, True, False), "narm": (False, True, True)}
 
 
 @pytest.mark.parametrize("backbone", list(TRAITS))
@@ -226,9 +291,9 @@ def test_every_backbone_plugs_in(cfg, backbone, monkeypatch):
   cfg.llmgr.node_source = "gnn"
   data, model, params, enc, pad = _setup(cfg)
   traits = llmgr_lib.backbone_traits(model.config.sbr)
-  graph, states = TRAITS[backbone]
+  graph, states, dots = TRAITS[backbone]
   graph_free = not graph
-  assert traits == {"session_graph": graph, "click_states": states}
+  assert traits == {"session_graph": graph, "click_states": states, "dot_scores": dots}
   assert enc.graph_slot == graph
   # Without per-click states the node slots take the item table.
   assert model.config.node_source == ("gnn" if states else "table")
