@@ -27,11 +27,12 @@ token of "Response:"):
     the backbone's live item table plus an item bias,
     ``logits = proj(h) @ E^T + b``, so a few prompts per item suffice: every
     item's output row is its (trained) ID embedding;
-  * ``residual`` (beyond the paper): the tied head plus, on behavior prompts,
-    the backbone's own scores, ``logits = backbone_logits + proj(h) @ E^T + b``
-    with ``proj`` and ``b`` starting at zero, so the major stage starts
+  * ``residual`` (beyond the paper): on behavior prompts the backbone's own
+    scores plus a correction, ``logits = backbone_logits + proj_b(h) @ E^T + b_b``
+    with ``proj_b`` and ``b_b`` starting at zero, so the behavior stage starts
     exactly where the backbone is and the LLM learns a correction (a skip
-    connection around the LLM; auxiliary prompts get the tied head only).
+    connection around the LLM); auxiliary prompts get the tied head, with its
+    own projection and bias.
 
 ``sbrjax.llmgr.head_init`` can start either head from the backbone (a
 least-squares map from the LLM state to the backbone's session vector).
@@ -165,12 +166,14 @@ class TiedHead(nn.Module):
 
 
 class ResidualHead(nn.Module):
-  """Beyond the paper: the tied head plus the backbone's own scores.
+  """Beyond the paper: the backbone's own scores plus a learned correction.
 
-  ``logits = g * backbone_logits + proj(mlp(h)) @ table^T + item_bias`` with
-  ``g`` = 1 on behavior prompts, 0 on auxiliary ones; ``proj`` and
-  ``item_bias`` start at zero, so before training the behavior logits are
-  the backbone's exactly.
+  Behavior prompts (``g`` = 1):
+  ``logits = backbone_logits + proj_behavior(mlp(h)) @ table^T + bias_behavior``,
+  with ``proj_behavior`` and ``bias_behavior`` starting at zero, so before a
+  behavior prompt is trained on, they score exactly as the backbone (however
+  the auxiliary stage moved the rest of the model). Auxiliary prompts
+  (``g`` = 0) get the tied head, ``proj(mlp(h)) @ table^T + item_bias``.
   """
   num_items: int
   sbr_dim: int
@@ -180,24 +183,31 @@ class ResidualHead(nn.Module):
   @nn.compact
   def __call__(self, x, final, table, backbone_logits, behavior,
                deterministic: bool = True, mode: str = "logits"):
-    """``mode``: "logits" [B, M]; "features" (input of ``proj``) [B, H];
-    "scoring" (``[g * final + proj | 1]`` [B, d + 1] and the rows
-    ``[table | item_bias]`` [M, d + 1]; their product is the logits for a
-    backbone whose scores are ``final . table^T``)."""
+    """``mode``: "logits" [B, M]; "features" (the projections' input) [B, H];
+    "scoring" (features ``[g (final + z_b) + (1 - g) z_a | g | 1 - g]``
+    [B, d + 2] and rows ``[table | bias_behavior | item_bias]`` [M, d + 2],
+    whose product is the logits for a backbone scoring ``final . table^T``)."""
     x = x.astype(jnp.float32)
     if self.hidden:
       x = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
       x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
     if mode == "features":
       return x
-    z = nn.Dense(self.sbr_dim, name="proj", kernel_init=nn.initializers.zeros)(x)  # [B, d]
-    bias = self.param("item_bias", nn.initializers.zeros, (self.num_items,), jnp.float32)
+    z_a = nn.Dense(self.sbr_dim, name="proj")(x)  # [B, d] auxiliary prompts
+    z_b = nn.Dense(self.sbr_dim, name="proj_behavior",
+                   kernel_init=nn.initializers.zeros)(x)  # [B, d] behavior prompts
+    bias_a = self.param("item_bias", nn.initializers.zeros, (self.num_items,), jnp.float32)
+    bias_b = self.param("bias_behavior", nn.initializers.zeros, (self.num_items,),
+                        jnp.float32)
     gate = behavior.astype(jnp.float32)[:, None]  # [B, 1]
     table = table.astype(jnp.float32)  # [M, d]
     if mode == "scoring":
-      return (with_bias_column(gate * final.astype(jnp.float32) + z),
-              jnp.concatenate([table, bias[:, None]], axis=1))
-    return gate * backbone_logits.astype(jnp.float32) + z @ table.T + bias  # [B, M]
+      feats = gate * (final.astype(jnp.float32) + z_b) + (1 - gate) * z_a
+      return (jnp.concatenate([feats, gate, 1 - gate], axis=1),
+              jnp.concatenate([table, bias_b[:, None], bias_a[:, None]], axis=1))
+    z = gate * z_b + (1 - gate) * z_a
+    return (z @ table.T + gate * (backbone_logits.astype(jnp.float32) + bias_b)
+            + (1 - gate) * bias_a)  # [B, M]
 
 
 def head_table(f_out_params) -> jax.Array:

@@ -106,16 +106,19 @@ def test_residual_head_logits_equal_numpy(hidden):
   behavior = np.array([True, False, True])
   head = llmgr_lib.ResidualHead(num_items=6, sbr_dim=4, hidden=hidden)
   params = head.init(jax.random.PRNGKey(1), x, final, table, backbone, behavior)["params"]
-  # Fresh: the behavior rows score exactly as the backbone, the others zero.
-  np.testing.assert_array_equal(head.apply({"params": params}, x, final, table, backbone,
-                                           behavior), backbone * behavior[:, None])
+  # Fresh: the behavior rows score exactly as the backbone.
+  fresh = np.asarray(head.apply({"params": params}, x, final, table, backbone, behavior))
+  np.testing.assert_array_equal(fresh[behavior], backbone[behavior])
   params = jax.tree_util.tree_map(
       lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  f = jax.tree_util.tree_map(np.asarray, params)
   h = x
   if hidden:
-    h = _gelu(h @ np.asarray(params["hidden"]["kernel"]) + np.asarray(params["hidden"]["bias"]))
-  z = h @ np.asarray(params["proj"]["kernel"]) + np.asarray(params["proj"]["bias"])
-  want = backbone * behavior[:, None] + z @ table.T + np.asarray(params["item_bias"])
+    h = _gelu(h @ f["hidden"]["kernel"] + f["hidden"]["bias"])
+  z_a = h @ f["proj"]["kernel"] + f["proj"]["bias"]
+  z_b = h @ f["proj_behavior"]["kernel"] + f["proj_behavior"]["bias"]
+  want = np.where(behavior[:, None], backbone + z_b @ table.T + f["bias_behavior"],
+                  z_a @ table.T + f["item_bias"])
   for fn in (head.apply, jax.jit(head.apply)):
     np.testing.assert_allclose(fn({"params": params}, x, final, table, backbone, behavior),
                                want, rtol=1e-5, atol=1e-5)
@@ -135,9 +138,17 @@ def test_residual_llmgr_starts_at_the_backbone_and_gates_auxiliary_prompts(cfg):
   np.testing.assert_array_equal(batch.behavior, [True] * 6 + [False] * 10)
   sbr_model = sbr_lib.create_model(model.config.sbr)
   backbone = np.asarray(sbr_model.apply({"params": params["sbr"]}, batch.sessions).logits)
+  # The auxiliary projection trained (as the auxiliary stage would) changes
+  # nothing on behavior prompts.
+  params["f_out"]["proj"] = jax.tree_util.tree_map(lambda p: p + 0.5, params["f_out"]["proj"])
+  params["f_out"]["item_bias"] = params["f_out"]["item_bias"] + 1.0
   logits = np.asarray(model.apply({"params": params}, batch))
   np.testing.assert_allclose(logits[:6], backbone[:6], rtol=1e-6, atol=1e-6)
-  np.testing.assert_array_equal(logits[6:], 0.0)
+  last, sbr_out = model.apply({"params": params}, batch, method=llmgr_lib.LLMGR.pooled)
+  f = jax.tree_util.tree_map(np.asarray, params["f_out"])
+  z_a = np.asarray(last) @ f["proj"]["kernel"] + f["proj"]["bias"]
+  np.testing.assert_allclose(logits[6:], (z_a @ np.asarray(sbr_out.item_embeddings).T
+                                          + f["item_bias"])[6:], rtol=1e-4, atol=1e-4)
   feats, rows = model.apply({"params": params}, batch, features_only=True)
   np.testing.assert_allclose(np.asarray(feats) @ np.asarray(rows).T, logits, rtol=1e-4,
                              atol=1e-5)
