@@ -118,6 +118,16 @@ def backbone_traits(sbr_cfg) -> dict:
 # Heads.
 
 
+def hidden_layer(x, hidden: int, dropout: float, deterministic: bool):
+  """A head's optional hidden layer (GELU, dropout) on float32 ``x``; called
+  inside a head's compact ``__call__``, so ``hidden`` is that head's submodule."""
+  x = x.astype(jnp.float32)
+  if hidden:
+    x = nn.gelu(nn.Dense(hidden, name="hidden")(x))
+    x = nn.Dropout(dropout)(x, deterministic=deterministic)
+  return x
+
+
 class ItemHead(nn.Module):
   """The paper's f_out: hidden state -> logits over all items (float32)."""
   num_items: int
@@ -126,10 +136,7 @@ class ItemHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True, features_only: bool = False):
-    x = x.astype(jnp.float32)
-    if self.hidden:
-      x = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
-      x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    x = hidden_layer(x, self.hidden, self.dropout, deterministic)
     if features_only:  # what the output layer "out" multiplies
       return x  # [B, H or D]
     return nn.Dense(self.num_items, name="out")(x)  # [B, num_items]
@@ -151,10 +158,7 @@ class TiedHead(nn.Module):
     """``mode``: "logits" [B, M]; "features" (input of ``proj``) [B, H];
     "scoring" (``proj`` output with a ones column [B, d + 1], and the rows
     ``[table | item_bias]`` [M, d + 1]) whose product is the logits."""
-    x = x.astype(jnp.float32)
-    if self.hidden:
-      x = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
-      x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    x = hidden_layer(x, self.hidden, self.dropout, deterministic)
     if mode == "features":
       return x
     z = nn.Dense(self.sbr_dim, name="proj")(x)  # [B, d]
@@ -187,10 +191,7 @@ class ResidualHead(nn.Module):
     "scoring" (features ``[g (final + z_b) + (1 - g) z_a | g | 1 - g]``
     [B, d + 2] and rows ``[table | bias_behavior | item_bias]`` [M, d + 2],
     whose product is the logits for a backbone scoring ``final . table^T``)."""
-    x = x.astype(jnp.float32)
-    if self.hidden:
-      x = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
-      x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    x = hidden_layer(x, self.hidden, self.dropout, deterministic)
     if mode == "features":
       return x
     z_a = nn.Dense(self.sbr_dim, name="proj")(x)  # [B, d] auxiliary prompts
