@@ -59,10 +59,11 @@ LLMGR_PARAM_RULES: rules_lib.ParamRules = (
     (r"f_out/out/bias$", ("items",)),
     (r"f_out/hidden/kernel$", ("embed", None)),
     (r"f_out/hidden/bias$", (None,)),
-    # Tied head: [D or H, d_sbr] projection into the SBR space, an item bias.
-    (r"f_out/proj/kernel$", ("embed", None)),
-    (r"f_out/proj/bias$", (None,)),
-    (r"f_out/item_bias$", ("items",)),
+    # Tied head: [D or H, d_sbr] projection into the SBR space, an item bias;
+    # the residual head has a second pair for behavior prompts.
+    (r"f_out/(proj|proj_behavior)/kernel$", ("embed", None)),
+    (r"f_out/(proj|proj_behavior)/bias$", (None,)),
+    (r"f_out/(item_bias|bias_behavior)$", ("items",)),
     # SBR backbone: small, replicated except its item table.
     (r"sbr/(.*/)?item_embedding/embedding$", ("items", None)),
     (r"(^|/)sbr/", rules_lib.REPLICATED),
