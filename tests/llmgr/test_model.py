@@ -313,3 +313,16 @@ def test_every_backbone_plugs_in(cfg, backbone, monkeypatch):
   train_llmgr.check_tree(model, params, batch)
   logits = model.apply({"params": params}, batch)
   assert logits.shape == (8, data.num_items) and np.isfinite(np.asarray(logits)).all()
+
+
+@pytest.mark.parametrize("head", llmgr_lib.HEADS)
+def test_every_head_leaf_has_a_sharding_rule(cfg, head):
+  from sbrjax.llmgr import rules as llmgr_rules
+  from sbrjax.parallel import rules as rules_lib
+  cfg.llmgr.head = head
+  cfg.llmgr.head_hidden = 5
+  _, _, params, _, _ = _setup(cfg)
+  # Raises, naming the leaves, if a head's parameter has no rule.
+  axes = rules_lib.logical_axes_from_rules(params, llmgr_rules.LLMGR_PARAM_RULES)
+  assert jax.tree_util.tree_structure(axes["f_out"], is_leaf=lambda x: isinstance(x, tuple)) \
+      == jax.tree_util.tree_structure(params["f_out"])
