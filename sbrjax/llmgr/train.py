@@ -393,20 +393,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                              "history": result["meta"]["history"],
                              "train_seconds": result["meta"]["train_seconds"]}
 
+  # The printed model name says which head scores (beyond the paper unless "paper").
+  run_name = f"LLMGR[{config.variant}]({sbr_cfg.backbone})" + (
+      "" if g.head == "paper" else f" head={g.head}")
   aliases = bool(config.eval.p_at_k_alias)
   test, test_examples = evaluate(params, test_batcher, aliases, return_examples=True)
   # Batcher rows -> rows of data.test (eval_limit may subsample the split).
   test_examples["index"] = test_rows[test_examples["index"]]
   sbr_train.save_examples(
       workdir, "test", test_examples, data.test, data.train,
-      model=f"LLMGR[{config.variant}]({sbr_cfg.backbone})", num_items=data.num_items,
+      model=run_name, num_items=data.num_items,
       ks=tuple(config.eval.ks),
       extra={"job": "llmgr", "variant": config.variant, "dataset": data.name,
              "data_fingerprint": data.fingerprint})
   writer.write_scalars(0, {f"eval/test/{k}": v for k, v in test.items()})
   writer.close()
   summary = {
-      "model": f"LLMGR[{config.variant}]({sbr_cfg.backbone})", "dataset": data.name,
+      "model": run_name, "dataset": data.name,
       "protocol": data.protocol, "num_items": data.num_items, "test": test,
       "test_examples": len(test_batcher), "sbr_alone": (sbr_alone or {}).get("test"),
       "stages": stage_summaries, "prompt_stats": vars(encoder.stats),
