@@ -179,7 +179,9 @@ def pretrained_sbr(config, data, workdir):
     source = os.path.join(workdir, "sbr_pretrain")
     sbr_cfg = ml_collections.ConfigDict(config.to_dict())
     sbr_cfg.job = "sbr"
-    sbr_cfg.train = config.sbr_train
+    sbr_cfg.train = ml_collections.ConfigDict(config.sbr_train.to_dict())
+    # --config.train.progress_bar=False silences every stage, pre-training included.
+    sbr_cfg.train.progress_bar = bool(config.sbr_train.progress_bar and config.train.progress_bar)
     sbr_cfg.restore_from = ""
     sbr_train.train_and_evaluate(sbr_cfg, source)
   cfg = sbr_train.sbr_config(config, data.num_items)

@@ -385,3 +385,26 @@ def test_missing_llm_checkpoint_is_explained(cfg, tmp_path):
   cfg.llm.path = str(tmp_path / "no-llama")
   with pytest.raises(FileNotFoundError, match="config.llm.path"):
     llm_api.load_llm(llm_api.LLMSpec.from_config(cfg.llm))
+
+
+@pytest.mark.parametrize("train_bar,sbr_bar,expected", [(False, True, False),
+                                                        (True, True, True),
+                                                        (True, False, False)])
+def test_train_progress_bar_false_silences_the_backbone_pretraining(
+    cfg, tmp_path, monkeypatch, train_bar, sbr_bar, expected):
+  seen = {}
+
+  class Stop(Exception):
+    pass
+
+  def fake_train(sbr_cfg, workdir):
+    seen["bar"] = sbr_cfg.train.progress_bar
+    raise Stop
+
+  monkeypatch.setattr(train_sbr, "train_and_evaluate", fake_train)
+  cfg.train.progress_bar = train_bar
+  cfg.sbr_train.progress_bar = sbr_bar
+  with pytest.raises(Stop):
+    train_llmgr.pretrained_sbr(cfg, None, str(tmp_path / "run"))
+  assert seen["bar"] is expected
+  assert cfg.sbr_train.progress_bar is sbr_bar  # the user's config is not modified
