@@ -3,6 +3,7 @@
   python -m sbrjax.recommend --workdir=workdirs/default --items="12,7,301"
   python -m sbrjax.recommend --workdir=workdirs/gcsan_ml100k --items="Star Wars (1977),Fargo"
   printf '12,7,301\n1,2\n' | python -m sbrjax.recommend --workdir=workdirs/default
+  python -m sbrjax.recommend --workdir=workdirs/default --items="12,7" --exclude_seen
 
 Items are dense ids (as in the per-example files), raw dataset ids with
 ``--raw_ids``, or titles (exact, or the only title containing the text).
@@ -25,6 +26,8 @@ _TOP_K = flags.DEFINE_integer("top_k", 10, "Items to recommend per session.")
 _RAW = flags.DEFINE_bool("raw_ids", False, "Numbers are the dataset's raw item ids.")
 _SEP = flags.DEFINE_string("sep", ",", "Separator between the items of a session.")
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
+_EXCLUDE = flags.DEFINE_bool("exclude_seen", False,
+                             "Leave out the session's own items (the evaluation keeps them).")
 
 
 def _fail(message: str) -> int:
@@ -41,7 +44,8 @@ def main(argv):
   if not _WORKDIR.value:
     return _fail("give --workdir=RUN_DIR.")
   try:
-    rec = rec_lib.Recommender.from_workdir(_WORKDIR.value, _TOP_K.value)
+    rec = rec_lib.Recommender.from_workdir(_WORKDIR.value, _TOP_K.value,
+                                           exclude_seen=_EXCLUDE.value)
   except rec_lib.RecommendError as e:
     return _fail(e)
   lines = [_ITEMS.value] if _ITEMS.value is not None else sys.stdin.read().splitlines()

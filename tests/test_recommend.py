@@ -57,6 +57,25 @@ def test_recommend_gives_the_evaluators_top_k_for_the_same_sessions(tiny_sbr_run
   np.testing.assert_allclose(scores, cols["top/scores"][:25], rtol=1e-5, atol=1e-6)
 
 
+def test_exclude_seen_drops_the_sessions_items_from_the_full_ranking(tiny_sbr_run):
+  wd, cfg = tiny_sbr_run
+  data = prepared.load_prepared(cfg.data)
+  sessions = [list(data.test.sequence(r)) for r in range(8)]
+  full = rec_lib.Recommender.from_workdir(wd, top_k=data.num_items)
+  all_ids, all_scores = full.recommend(sessions)
+  rec = rec_lib.Recommender.from_workdir(wd, top_k=5, exclude_seen=True)
+  ids, scores = rec.recommend(sessions)
+  assert ids.shape == (8, 5)
+  for row, s in enumerate(sessions):
+    fresh = [i for i in all_ids[row] if i not in set(s)]
+    assert fresh[:5] == ids[row].tolist()
+    assert not set(ids[row].tolist()) & set(s)
+    np.testing.assert_allclose(scores[row], all_scores[row][np.isin(all_ids[row], ids[row])])
+  # The default keeps them: some session's own item ranks in its top 5 on this data.
+  kept, _ = rec_lib.Recommender.from_workdir(wd, top_k=5).recommend(sessions)
+  assert any(set(kept[r].tolist()) & set(s) for r, s in enumerate(sessions))
+
+
 def test_cli_reads_sessions_from_stdin_and_flags_bad_lines(tiny_sbr_run):
   wd, cfg = tiny_sbr_run
   data = prepared.load_prepared(cfg.data)

@@ -108,19 +108,24 @@ class Recommender:
     item_texts: titles of the catalog.
     raw_ids: the dataset's ids of the catalog.
     top_k: items returned per session.
-    build: () -> score_fn, sessions -> (ids int32 [N, K], scores float32 [N, K]);
+    build: k -> score_fn, sessions -> (ids int32 [N, k], scores float32 [N, k]);
       called on the first ``recommend`` (LLMGR loads its LLM there), so item
       names are checked before any model is built.
+    exclude_seen: leave out the items of the session itself (the evaluation
+      protocol ranks every item, so by default they are kept).
   """
   run: runs_lib.Run
   item_texts: Sequence[str]
   raw_ids: Sequence[str]
   top_k: int
-  build: Callable[[], Callable[[List[List[int]]], Tuple[np.ndarray, np.ndarray]]]
+  build: Callable[[int], Callable[[List[List[int]]], Tuple[np.ndarray, np.ndarray]]]
+  exclude_seen: bool = False
   _score_fn: Optional[Callable] = None
+  _built_k: int = 0
 
   @classmethod
-  def from_workdir(cls, workdir: str, top_k: int = 10) -> "Recommender":
+  def from_workdir(cls, workdir: str, top_k: int = 10,
+                   exclude_seen: bool = False) -> "Recommender":
     """Loads a run's best checkpoint (raises RecommendError when there is none)."""
     try:
       run = runs_lib.open_run(workdir, require_results=False)
@@ -136,7 +141,7 @@ class Recommender:
     top_k = min(top_k, data.num_items)
     builder = {"sbr": _sbr_scorer, "llmgr": _llmgr_scorer, "llm4sbr": _llm4sbr_scorer}[run.job]
     return cls(run, list(data.item_texts), list(data.item_raw_ids), top_k,
-               lambda: builder(run, data, params, top_k))
+               lambda k: builder(run, data, params, k), exclude_seen=bool(exclude_seen))
 
   def resolve(self, text: str, raw_ids: bool = False, sep: str = ",") -> List[int]:
     return resolve_items(text, self.item_texts, raw_ids=self.raw_ids if raw_ids else None,
@@ -148,9 +153,29 @@ class Recommender:
       bad = [int(i) for i in s if not 0 <= int(i) < len(self.item_texts)]
       if bad:
         raise RecommendError(f"item ids {bad} are outside [0, {len(self.item_texts)}).")
-    if self._score_fn is None:
-      self._score_fn = self.build()
-    return self._score_fn([list(map(int, s)) for s in sessions])
+    sessions = [list(map(int, s)) for s in sessions]
+    n = len(self.item_texts)
+    if not self.exclude_seen:
+      k = self.top_k
+    else:  # score enough items that top_k remain after the session's own are dropped
+      seen = max(len(set(s)) for s in sessions)
+      k = min(n, self.top_k + seen)
+      if n - seen < 1:
+        raise RecommendError(f"a session holds all {n} items of the catalog: nothing is left "
+                             "to recommend with --exclude_seen.")
+    if self._score_fn is None or self._built_k < k:
+      self._score_fn, self._built_k = self.build(k), k
+    ids, scores = self._score_fn(sessions)
+    if not self.exclude_seen:
+      return ids[:, :self.top_k], scores[:, :self.top_k]
+    keep = min(self.top_k, n - max(len(set(s)) for s in sessions))
+    out_ids = np.empty((len(sessions), keep), ids.dtype)
+    out_scores = np.empty((len(sessions), keep), scores.dtype)
+    for row, s in enumerate(sessions):
+      fresh = ~np.isin(ids[row], np.asarray(s))
+      out_ids[row] = ids[row][fresh][:keep]
+      out_scores[row] = scores[row][fresh][:keep]
+    return out_ids, out_scores
 
 
 def _ordered(examples, n: int) -> Tuple[np.ndarray, np.ndarray]:
