@@ -155,20 +155,18 @@ class Recommender:
         raise RecommendError(f"item ids {bad} are outside [0, {len(self.item_texts)}).")
     sessions = [list(map(int, s)) for s in sessions]
     n = len(self.item_texts)
-    if not self.exclude_seen:
-      k = self.top_k
-    else:  # score enough items that top_k remain after the session's own are dropped
-      seen = max(len(set(s)) for s in sessions)
-      k = min(n, self.top_k + seen)
-      if n - seen < 1:
-        raise RecommendError(f"a session holds all {n} items of the catalog: nothing is left "
-                             "to recommend with --exclude_seen.")
+    # With exclude_seen, score enough items that top_k remain after the session's own go.
+    seen = max(len(set(s)) for s in sessions) if self.exclude_seen else 0
+    if seen >= n:
+      raise RecommendError(f"a session holds all {n} items of the catalog: nothing is left "
+                           "to recommend with --exclude_seen.")
+    k = min(n, self.top_k + seen)
     if self._score_fn is None or self._built_k < k:
       self._score_fn, self._built_k = self.build(k), k
     ids, scores = self._score_fn(sessions)
     if not self.exclude_seen:
       return ids[:, :self.top_k], scores[:, :self.top_k]
-    keep = min(self.top_k, n - max(len(set(s)) for s in sessions))
+    keep = min(self.top_k, n - seen)
     out_ids = np.empty((len(sessions), keep), ids.dtype)
     out_scores = np.empty((len(sessions), keep), scores.dtype)
     for row, s in enumerate(sessions):
