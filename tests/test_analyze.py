@@ -233,6 +233,52 @@ def test_f_sweep_averages_runs_per_value_and_draws_the_curve(tmp_path):
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
 
 
+def _llmgr_run(limit, layers, seed, sampled, full, head="residual", control="none",
+               variant="llmgr", alone=(0.37, 0.044)):
+  cfg = ml_collections.ConfigDict({
+      "variant": variant, "seed": seed, "llm": {"num_layers": layers},
+      "llmgr": {"train_limit": limit, "head": head, "head_init": "random",
+                "control": control}})
+  results = {"test": {"sampled/NDCG@10": sampled, "full/NDCG@10": full},
+             "sbr_alone": {"sampled/NDCG@10": alone[0], "full/NDCG@10": alone[1]},
+             "llm": {"layers": layers},
+             "stages": {"aux": {"prompts": 100, "train_seconds": 10.0 * layers + limit / 100},
+                        "major": {"prompts": 50, "train_seconds": 5.0}}}
+  return runs_lib.Run(workdir=f"/runs/{head}-{limit}-{layers}-{control}-{seed}", config=cfg,
+                      job="llmgr", results=results)
+
+
+def test_llmgr_scaling_groups_points_by_head_blocks_and_prompts(tmp_path):
+  from sbrjax.analysis import scaling as scaling_lib  # pylint: disable=g-import-not-at-top
+  runs = [_llmgr_run(1024, 2, s, 0.30 + s / 100, 0.040) for s in (0, 1)]
+  runs += [_llmgr_run(4096, 2, 0, 0.35, 0.045), _llmgr_run(1024, 6, 0, 0.33, 0.043),
+           _llmgr_run(0, 2, 0, 0.38, 0.050),
+           _llmgr_run(1024, 6, 0, 0.31, 0.041, control="no_decoder"),
+           _llmgr_run(1024, 2, 0, 0.20, 0.020, head="paper")]
+  runs.append(_llmgr_run(1024, 6, 0, 0.9, 0.9, control="shuffle_slots"))  # not a scale point
+  runs.append(_llmgr_run(1024, 6, 0, 0.5, 0.05, variant="llmgr_m"))  # one point: no curve
+  found = scaling_lib.scaling_groups(runs)
+  assert set(found) == {"llmgr"} and len(found["llmgr"]) == 7
+  pts = found["llmgr"]
+  by = scaling_lib.curves(pts, "sampled/NDCG@10")
+  # no_decoder counts as 0 blocks whatever num_layers says.
+  assert set(by) == {("residual", 2), ("residual", 6), ("residual", 0), ("paper", 2)}
+  assert by[("residual", 2)] == {1024: [0.30, 0.31], 4096: [0.35], 0: [0.38]}
+  text = scaling_lib.table(pts)
+  lines = text.splitlines()
+  # Seeds at one point: mean ± sample SD (0.305 ± 0.00707); 0 prompts = every prefix, last.
+  row = next(l for l in lines if l.startswith("| residual | 2 | 1,024 |"))
+  assert "| 2 |" in row and "0.3050 ± 0.0071" in row and "0.0400 ± 0.0000" in row
+  assert lines.index(row) < lines.index(next(l for l in lines if "every prefix" in l))
+  assert any(l.startswith("| residual | 0 (no decoder) | 1,024 | 1 |") for l in lines)
+  assert lines[-1].startswith("| backbone alone |") and "0.3700" in lines[-1]
+  png = tmp_path / "scaling.png"
+  scaling_lib.figure(pts, "t", str(png))
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 300_000
+  with pytest.raises(runs_lib.RunError, match="not an LLMGR run"):
+    scaling_lib.point_of(_llm4sbr_run(1, 0.1, 0, 0.2))
+
+
 # ---------------------------------------------------------------- the command
 
 

@@ -15,6 +15,10 @@ writes into ``--out``:
 * ``llm4sbr_f.png`` / ``llm4sbr_tau.png``: P@K and MRR@K over the
   localization width f and the loss weight tau (when the fused LLM4SBR runs
   given vary it; runs with the same value are averaged, bars = std);
+* ``scaling_<variant>.png``: LLMGR test NDCG@K over training prompts per
+  task, one line per head and number of decoder blocks, the backbone alone
+  dashed (when the LLMGR runs given span two or more of those settings;
+  ``sbrjax.analysis.scaling``), with its table in ``summary.md``;
 * LLM4SBR case studies (in ``summary.md``).
 
 Tables: metrics by session length and by cold / warm target item
@@ -38,6 +42,7 @@ from sbrjax.analysis import groups as groups_lib
 from sbrjax.analysis import pca as pca_lib
 from sbrjax.analysis import plots
 from sbrjax.analysis import runs as runs_lib
+from sbrjax.analysis import scaling as scaling_lib
 
 
 def _slug(text: str) -> str:
@@ -196,6 +201,14 @@ def analyze(workdirs: Sequence[str], out_dir: str, *, split: str = "test",
   chart = strategy_section(runs, labels, out_dir, max(table_ks))
   if chart:
     md += ["", "## Tuning strategies", "", chart]
+  for variant, points in scaling_lib.scaling_groups(runs).items():
+    name = f"scaling_{_slug(variant)}.png"
+    k = 10 if 10 in table_ks else max(table_ks)
+    title = (f"{runs_lib.LLMGR_LABELS.get(variant, variant)} over training prompts and "
+             f"decoder blocks ({len(points)} runs, test split)")
+    scaling_lib.figure(points, title, os.path.join(out_dir, name), k=k)
+    md += ["", f"## {runs_lib.LLMGR_LABELS.get(variant, variant)} over scale", "",
+           scaling_lib.table(points, k), "", f"![scaling]({name})"]
   fused = [(r, lab) for r, lab in zip(runs, labels) if r.job == "llm4sbr"
            and r.config.llm4sbr.variant == "llm4sbr"]
   # Case studies of the first run that localizes (f = 0 keeps raw intents: no items).
