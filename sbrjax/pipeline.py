@@ -27,6 +27,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   config_lib.validate_choice(config, "job", config_lib.JOBS)
   # Orbax wants absolute paths; the default workdir (workdirs/NAME) is relative.
   workdir = os.path.abspath(workdir)
+  if config.job == "llmgr":  # config.json records the backbone settings actually used
+    from sbrjax.llmgr import config as llmgr_config  # pylint: disable=g-import-not-at-top
+    llmgr_config.adopt_checkpoint_sbr(config)
   with workdir_lib.WorkdirLock(workdir, enabled=jax.process_index() == 0):
     if jax.process_index() == 0:
       writer_lib.write_text_atomic(os.path.join(workdir, "config.json"),

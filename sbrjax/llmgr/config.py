@@ -9,7 +9,12 @@ Files in ``configs/llmgr_*.py`` start from it.
 
 from __future__ import annotations
 
+import json
+import os
+from typing import List, Optional, Tuple
+
 import ml_collections
+from absl import logging
 
 from sbrjax.config import base_config
 
@@ -77,6 +82,9 @@ def llmgr_config(variant: str = "llmgr") -> ml_collections.ConfigDict:
   g.train_limit = 0          # >0: at most this many prompts per task per stage
   g.eval_limit = 0           # >0: evaluate on this many validation/test examples
   g.sbr_checkpoint = ""      # run dir of a trained sbr job; "" -> train one in workdir/sbr
+  g.sbr_settings = "checkpoint"  # with sbr_checkpoint: "checkpoint" takes the whole sbr
+                             # section (backbone, sizes, dropouts) from that run's config
+                             # (changes logged) | "config": keep this config's sbr section
   # Paper-faithful choices (issue 12); each keeps the earlier behaviour as an option.
   g.prompt_frame = "paper"   # "paper": "Instruction: ... \nResponse:", head reads its last
                              # token | "none": bare task text (head reads the final ".")
@@ -147,3 +155,70 @@ def with_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
     st.epochs, st.learning_rate, rates = epochs.get(name, epochs["major"])
     st.label_learning_rates.update(rates)
   return config
+
+
+def checkpoint_run_config(source: str) -> Tuple[Optional[str], Optional[dict]]:
+  """(path, config dict) of the sbr run a backbone checkpoint belongs to.
+
+  ``source`` may be the run directory, its ``sbr`` stage folder or its ``best``
+  folder; the config is the run's ``config.json`` or, for the ``sbr_pretrain``
+  folder of an LLMGR run, the ``config`` its ``results.json`` records.
+  (None, None) when no readable sbr config is found there.
+  """
+  here = os.path.abspath(source)
+  for _ in range(3):
+    for name, key in (("config.json", None), ("results.json", "config")):
+      path = os.path.join(here, name)
+      if not os.path.isfile(path):
+        continue
+      try:
+        with open(path) as f:
+          raw = json.load(f)
+      except (OSError, ValueError):
+        continue
+      raw = raw.get(key) if key else raw
+      if isinstance(raw, dict) and raw.get("job") == "sbr" and isinstance(raw.get("sbr"), dict):
+        return path, raw
+    here = os.path.dirname(here)
+  return None, None
+
+
+def adopt_checkpoint_sbr(config: ml_collections.ConfigDict) -> List[str]:
+  """With ``llmgr.sbr_checkpoint`` and ``llmgr.sbr_settings="checkpoint"``, sets
+  ``config.sbr`` to the settings the checkpoint was trained with, so the
+  backbone is rebuilt as it was trained (no sbr flags to repeat by hand).
+
+  Returns one line per changed key (also logged); [] when nothing changed or
+  nothing applies. Keys of the checkpoint's config this config lacks are
+  skipped (older runs).
+  """
+  g = config.llmgr
+  mode = str(g.get("sbr_settings", "checkpoint"))
+  if mode not in ("checkpoint", "config"):
+    raise ValueError(f"config.llmgr.sbr_settings={mode!r} is not supported; choose "
+                     "'checkpoint' (take the backbone's settings from the checkpoint's run) "
+                     "or 'config' (keep this config's sbr section).")
+  if not g.sbr_checkpoint or mode == "config":
+    return []
+  path, raw = checkpoint_run_config(str(g.sbr_checkpoint))
+  if raw is None:
+    logging.info("config.llmgr.sbr_checkpoint=%s: no sbr run config found beside it; the "
+                 "backbone is built from this config's sbr section.", g.sbr_checkpoint)
+    return []
+  changes = []
+  for key, value in sorted(raw["sbr"].items()):
+    if key not in config.sbr:
+      continue
+    current = config.sbr[key]
+    if isinstance(current, tuple) and isinstance(value, list):
+      value = tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if value == current:
+      continue
+    config.sbr[key] = value
+    changes.append(f"config.sbr.{key}: {current!r} -> {value!r}")
+  if changes:
+    logging.warning("Backbone settings taken from %s (--config.llmgr.sbr_settings=config "
+                    "keeps this config's): %s", path, "; ".join(changes))
+  return changes

@@ -36,6 +36,7 @@ from sbrjax import llm as llm_api
 from sbrjax import metrics as metrics_lib
 from sbrjax.data import graphs as graphs_lib
 from sbrjax.data import prepared as prepared_lib
+from sbrjax.llmgr import config as llmgr_config
 from sbrjax.llmgr import examples as examples_lib
 from sbrjax.llmgr import head_init
 from sbrjax.llmgr import model as model_lib
@@ -301,6 +302,7 @@ def fit_head_on(model, params, behavior: examples_lib.TaskExamples, config, pad_
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   t_start = time.perf_counter()
   seed = int(config.seed)
+  llmgr_config.adopt_checkpoint_sbr(config)  # (done already when run through the pipeline)
   data = prepared_lib.load_prepared(config.data)
   sbr_cfg, sbr_params, sbr_alone = pretrained_sbr(config, data, workdir)
   model, params, tokenizer = build_model_and_params(config, data, sbr_cfg, sbr_params, seed)

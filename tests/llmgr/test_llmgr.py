@@ -380,6 +380,71 @@ def test_sbr_checkpoint_with_another_item_count_is_refused(cfg, tmp_path):
     train_llmgr.train_and_evaluate(cfg, str(tmp_path / "run"))
 
 
+def _sbr_run_config(path, **sbr):
+  raw = {"job": "sbr", "sbr": sbr}
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(raw, f)
+
+
+def test_sbr_checkpoint_settings_are_taken_from_the_checkpoints_run(cfg, tmp_path):
+  from sbrjax.llmgr import config as llmgr_config  # pylint: disable=g-import-not-at-top
+  theirs = dict(cfg.sbr.to_dict(), backbone="stamp", embed_dim=16, dropout=0.3,
+                caser_len=7, not_a_key_here=1)
+  theirs = {k: list(v) if isinstance(v, tuple) else v for k, v in theirs.items()}
+  _sbr_run_config(str(tmp_path / "stamp_run"), **theirs)
+  os.makedirs(tmp_path / "stamp_run" / "sbr" / "best")
+  before = cfg.sbr.to_dict()
+  # "config" keeps this config's section.
+  cfg.llmgr.sbr_checkpoint = str(tmp_path / "stamp_run" / "sbr" / "best")
+  cfg.llmgr.sbr_settings = "config"
+  assert llmgr_config.adopt_checkpoint_sbr(cfg) == [] and cfg.sbr.to_dict() == before
+  # "checkpoint" (the default) takes every differing key, found from the best/ folder too.
+  cfg.llmgr.sbr_settings = "checkpoint"
+  changes = llmgr_config.adopt_checkpoint_sbr(cfg)
+  changed = {c.split(":")[0] for c in changes}
+  expected = {f"config.sbr.{k}" for k in ("backbone", "embed_dim", "dropout", "caser_len")
+              if before[k] != theirs[k]}
+  assert changed == expected and "config.sbr.backbone" in changed
+  assert (cfg.sbr.backbone, cfg.sbr.embed_dim, cfg.sbr.dropout) == ("stamp", 16, 0.3)
+  assert llmgr_config.adopt_checkpoint_sbr(cfg) == []  # idempotent
+  # An LLMGR run's sbr_pretrain folder: the config its results.json records.
+  pre = tmp_path / "llmgr_run" / "sbr_pretrain"
+  os.makedirs(pre)
+  with open(pre / "results.json", "w") as f:
+    json.dump({"config": {"job": "sbr", "sbr": dict(theirs, backbone="narm")}}, f)
+  cfg.llmgr.sbr_checkpoint = str(pre)
+  assert llmgr_config.adopt_checkpoint_sbr(cfg) == ["config.sbr.backbone: 'stamp' -> 'narm'"]
+  # No run config beside the checkpoint: nothing changes; a bad mode names the key.
+  cfg.llmgr.sbr_checkpoint = str(tmp_path / "bare")
+  assert llmgr_config.adopt_checkpoint_sbr(cfg) == []
+  cfg.llmgr.sbr_settings = "mine"
+  with pytest.raises(ValueError, match="config.llmgr.sbr_settings='mine'"):
+    llmgr_config.adopt_checkpoint_sbr(cfg)
+
+
+@pytest.mark.slow
+def test_llmgr_on_a_stamp_checkpoint_needs_no_backbone_flags(cfg, tmp_path):
+  sbr_cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "sbr_tiny.py"))
+  sbr_cfg.data = cfg.data
+  sbr_cfg.sbr.backbone = "stamp"
+  sbr_cfg.sbr.embed_dim = 24
+  sbr_cfg.train.epochs = 1
+  train_sbr.train_and_evaluate(sbr_cfg, str(tmp_path / "stamp"))
+  assert cfg.sbr.backbone != "stamp"
+  cfg.llmgr.sbr_checkpoint = str(tmp_path / "stamp")
+  cfg.llmgr.train_limit = 16
+  for st in cfg.stages.values():
+    st.epochs = 1
+  summary = train_llmgr.train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert "(stamp)" in summary["model"] and cfg.sbr.embed_dim == 24
+  # Without adoption the same command fails on the backbone's signature.
+  cfg.sbr.backbone, cfg.sbr.embed_dim = "gcsan", 32
+  cfg.llmgr.sbr_settings = "config"
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="model"):
+    train_llmgr.train_and_evaluate(cfg, str(tmp_path / "run2"))
+
+
 def test_missing_llm_checkpoint_is_explained(cfg, tmp_path):
   cfg.llm.source = "hf"
   cfg.llm.path = str(tmp_path / "no-llama")
