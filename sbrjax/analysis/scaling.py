@@ -127,37 +127,47 @@ def table(points: Sequence[Dict[str, Any]], k: int = 10) -> str:
 
 def figure(points: Sequence[Dict[str, Any]], title: str, path: str, k: int = 10,
            every_prefix_x: Optional[int] = None) -> str:
-  """Writes the scaling PNG: one panel per entry of PANELS, x = prompts per task
-  (log scale; "every prefix" drawn at ``every_prefix_x``), a line per (head, blocks),
-  the backbone alone as a dashed line."""
+  """Writes the scaling PNG: a row per head, a column per entry of PANELS;
+  x = prompts per task (log scale; "every prefix" drawn at ``every_prefix_x``,
+  default 4x the largest limit), a line per number of decoder blocks, the
+  backbone alone as a dashed line. One row per head keeps each row's y-axis
+  readable when heads score far apart."""
   from sbrjax.analysis import plots  # pylint: disable=g-import-not-at-top
   plt = plots._pyplot()  # pylint: disable=protected-access
-  fig, axes = plt.subplots(1, len(PANELS), figsize=(5.6 * len(PANELS), 4.2), squeeze=False)
+  heads = sorted({p["head"] for p in points})
+  fig, axes = plt.subplots(len(heads), len(PANELS),
+                           figsize=(5.6 * len(PANELS), 3.6 * len(heads) + 0.6), squeeze=False)
   xs_all = sorted({p["limit"] for p in points if p["limit"] > 0})
+  has_all = any(p["limit"] == 0 for p in points)
   full_x = every_prefix_x or (max(xs_all) * 4 if xs_all else 1)
-  for ax, (mode, metric) in zip(axes[0], PANELS):
-    key = f"{mode}/{metric}@{k}"
-    for (head, blocks), by_limit in sorted(curves(points, key).items()):
-      xs = sorted(by_limit, key=lambda x: (x == 0, x))
-      x_plot = [full_x if x == 0 else x for x in xs]
-      mean = [float(np.mean(by_limit[x])) for x in xs]
-      std = [float(np.std(by_limit[x], ddof=1)) if len(by_limit[x]) > 1 else 0.0
-             for x in xs]
-      label = f"{head} head, " + ("no decoder" if blocks == 0 else f"{blocks} blocks")
-      ax.errorbar(x_plot, mean, yerr=std, marker="o", capsize=3, label=label,
-                  linestyle=":" if blocks == 0 else "-")
-    alone = sorted({float(p["alone"][key]) for p in points if key in p["alone"]})
-    if alone:
-      ax.axhline(float(np.mean(alone)), color="black", linestyle="--", linewidth=1,
-                 label="backbone alone" + (f" (mean of {len(alone)})" if len(alone) > 1 else ""))
-    ax.set_xscale("log", base=2)
-    ticks = xs_all + ([full_x] if any(p["limit"] == 0 for p in points) else [])
-    ax.set_xticks(ticks, [f"{x:,}" if x != full_x or not any(p["limit"] == 0 for p in points)
-                          else "all" for x in ticks], fontsize=8)
-    ax.set_xlabel("training prompts per task and stage")
-    ax.set_ylabel(f"test {mode} {metric}@{k}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+  colors = {b: f"C{i}" for i, b in enumerate(sorted({p["blocks"] for p in points}))}
+  for row, head in zip(axes, heads):
+    mine = [p for p in points if p["head"] == head]
+    for ax, (mode, metric) in zip(row, PANELS):
+      key = f"{mode}/{metric}@{k}"
+      for (_, blocks), by_limit in sorted(curves(mine, key).items()):
+        xs = sorted(by_limit, key=lambda x: (x == 0, x))
+        mean = [float(np.mean(by_limit[x])) for x in xs]
+        std = [float(np.std(by_limit[x], ddof=1)) if len(by_limit[x]) > 1 else 0.0
+               for x in xs]
+        ax.errorbar([full_x if x == 0 else x for x in xs], mean, yerr=std, marker="o",
+                    capsize=3, linestyle=":" if blocks == 0 else "-", color=colors[blocks],
+                    label="no decoder (control)" if blocks == 0 else f"{blocks} blocks")
+      alone = sorted({float(p["alone"][key]) for p in mine if key in p["alone"]})
+      if alone:
+        ax.axhline(float(np.mean(alone)), color="black", linestyle="--", linewidth=1,
+                   label="backbone alone" + (f" (mean of {len(alone)})" if len(alone) > 1
+                                             else ""))
+      ax.set_xscale("log", base=2)
+      ticks = xs_all + ([full_x] if has_all else [])
+      ax.set_xticks(ticks, [("all" if has_all and x == full_x else f"{x:,}") for x in ticks],
+                    fontsize=8)
+      ax.minorticks_off()
+      ax.set_xlabel("training prompts per task and stage")
+      ax.set_ylabel(f"test {mode} {metric}@{k}")
+      ax.set_title(f"{head} head", fontsize=9)
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
   fig.suptitle(title, fontsize=11)
   fig.tight_layout()
   return plots.save_figure(fig, path)
