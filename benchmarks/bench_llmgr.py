@@ -7,8 +7,9 @@ d x |V| product either way; real SmolLM2 weights and
 tokenizer, real ml-100k prompts; medians over steps after compilation), with
 where a step's time goes: the forward pass alone (``*_forward_prompts_per_s``;
 the rest of a step is the backward pass and the update), XLA's FLOP count
-per prompt, and the fraction of prompt positions that are padding at the
-batch's length bucket (compute spent on nothing). Then,
+per prompt, the fraction of prompt positions that are padding at the
+batch's length bucket (compute spent on nothing) and the minor page faults
+per step. ``profile_llmgr.py`` breaks a step down per HLO op. Then,
 for the LLaMA-2-7B configuration (configs/llmgr_music.py shapes), the
 parameter count, trainable parameters per stage and bytes, from the memory
 report's ``jax.eval_shape`` of the trainer's own parameter tree (nothing
@@ -21,6 +22,7 @@ as a fraction of a matmul peak timed in the same process.
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 
@@ -53,7 +55,8 @@ def _median_step_time(fn, batches):
   return statistics.median(times)
 
 
-def default_throughput(steps: int):
+def setup(steps: int):
+  """configs/llmgr_ml100k.py's model, parameters, prompt encoder and the stages' prompts."""
   cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "llmgr_ml100k.py"))
   data = prepared.load_prepared(cfg.data)
   sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
@@ -71,29 +74,47 @@ def default_throughput(steps: int):
                                               mode=g.contrastive)],
       "major": [llmgr_data.behavior_examples(data.train, enc, limit=n)],
   }
+  return cfg, data, model, params, enc, pad, tasks
+
+
+def stage_step(cfg, model, params, pad, stage, examples, steps):
+  """(run(batch) -> metrics, the jitted step, its state holder, same-shape batches)."""
+  g, bs = cfg.llmgr, int(cfg.train.batch_size)
+  batcher = llmgr_data.PromptBatcher(examples, max_len=cfg.data.max_len, batch_size=bs,
+                                     length_buckets=g.length_buckets, pad_id=pad)
+  # One bucket for every timed batch, so the median times one compiled shape.
+  batches = list(batcher.iterate(shuffle=True, seed=0))[:steps + 1]
+  width = max(b.input_ids.shape[1] for b in batches)
+  batches = [b for b in batches if b.input_ids.shape[1] == width]
+  trainable = tuple(cfg.stages[stage].trainable)
+  sched = optim.make_schedule(cfg.train, 10, 100)
+  tx = optim.make_optimizer(cfg.train, sched, params, trainable,
+                            cfg.stages[stage].label_learning_rates.to_dict())
+  mask = labels_lib.trainable_mask(params, trainable)
+  step = train_llmgr.jitted_train_step(model, sched, mask, 0)
+  holder = {"state": train_state.TrainState.create(
+      apply_fn=model.apply, params=jax.tree_util.tree_map(jnp.copy, params), tx=tx)}
+
+  def run(batch):
+    holder["state"], metrics = step(holder["state"], batch)
+    return metrics
+
+  return run, step, holder, batches
+
+
+def default_throughput(steps: int):
+  cfg, data, model, params, enc, pad, tasks = setup(steps)
+  g, bs = cfg.llmgr, int(cfg.train.batch_size)
   out = {"config": "configs/llmgr_ml100k.py", "batch": bs,
          "llm_layers": model.config.llm.num_layers, "backend": jax.default_backend()}
   for stage, examples in tasks.items():
-    batcher = llmgr_data.PromptBatcher(examples, max_len=cfg.data.max_len, batch_size=bs,
-                                       length_buckets=g.length_buckets, pad_id=pad)
-    # One bucket for every timed batch, so the median times one compiled shape.
-    batches = list(batcher.iterate(shuffle=True, seed=0))[:steps + 1]
-    width = max(b.input_ids.shape[1] for b in batches)
-    batches = [b for b in batches if b.input_ids.shape[1] == width]
-    trainable = tuple(cfg.stages[stage].trainable)
-    sched = optim.make_schedule(cfg.train, 10, 100)
-    tx = optim.make_optimizer(cfg.train, sched, params, trainable,
-                              cfg.stages[stage].label_learning_rates.to_dict())
-    mask = labels_lib.trainable_mask(params, trainable)
-    step = train_llmgr.jitted_train_step(model, sched, mask, 0)
-    holder = {"state": train_state.TrainState.create(
-        apply_fn=model.apply, params=jax.tree_util.tree_map(jnp.copy, params), tx=tx)}
-
-    def run(batch, holder=holder, step=step):
-      holder["state"], metrics = step(holder["state"], batch)
-      return metrics
-
+    run, step, holder, batches = stage_step(cfg, model, params, pad, stage, examples, steps)
+    width = batches[0].input_ids.shape[1]
     sec = _median_step_time(run, batches)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for b in batches[1:]:
+      jax.block_until_ready(run(b))
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (len(batches) - 1)
     cost = step.lower(holder["state"], batches[0]).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     forward = jax.jit(lambda p, b: model.apply({"params": p}, b))
@@ -107,6 +128,10 @@ def default_throughput(steps: int):
     out[f"{stage}_prompt_tokens"] = width
     out[f"{stage}_padding_fraction"] = 1.0 - real / slots
     out[f"{stage}_timed_steps"] = len(batches) - 1
+    # Minor page faults per compiled step (a second pass over the timed batches):
+    # XLA's CPU temp buffer is allocated per step; glibc maps allocations above
+    # 32 MiB fresh, so each step touches new pages.
+    out[f"{stage}_page_faults_per_step"] = faults
 
   ev_batcher = llmgr_data.PromptBatcher(
       [llmgr_data.behavior_examples(data.test, enc, limit=int(cfg.eval.batch_size) * 3)],
