@@ -13,6 +13,7 @@ JAX op names. ``--forward`` also profiles the forward pass alone.
 
 import argparse
 import json
+import os
 
 import jax
 
@@ -31,8 +32,7 @@ def main():
   machine = common.Machine()
   cfg, _, model, params, _, pad, tasks = bench_llmgr.setup(args.repeats + 1)
   out = {"config": "configs/llmgr_ml100k.py", "batch": int(cfg.train.batch_size),
-         "llm_layers": model.config.llm.num_layers, "xla_flags": __import__("os").environ.get(
-             "XLA_FLAGS", "")}
+         "llm_layers": model.config.llm.num_layers, "xla_flags": os.environ.get("XLA_FLAGS", "")}
   for stage in args.stages.split(","):
     run, step, holder, batches = bench_llmgr.stage_step(cfg, model, params, pad, stage,
                                                         tasks[stage], args.repeats + 1)
