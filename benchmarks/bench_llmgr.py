@@ -16,7 +16,12 @@ report's ``jax.eval_shape`` of the trainer's own parameter tree (nothing
 allocated). Train-step throughput is also given in GFLOP/s (XLA's count) and
 as a fraction of a matmul peak timed in the same process.
 
-  python benchmarks/bench_llmgr.py [--steps 5] [--num_items 900]
+``--bf16`` times the same steps again with ``llm.dtype`` and ``llm.frozen_dtype``
+set to bfloat16 in the same process (bf16 operands, float32 accumulation:
+``sbrjax.models.lora.matmul``) and prints the speed-ups over float32 and the
+fraction of a bf16 matmul peak.
+
+  python benchmarks/bench_llmgr.py [--steps 5] [--num_items 900] [--bf16]
 """
 
 import argparse
@@ -43,6 +48,7 @@ from sbrjax.train import labels as labels_lib
 from sbrjax.train import optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BF16 = ("llm.dtype=bfloat16", "llm.frozen_dtype=bfloat16")
 
 
 def _median_step_time(fn, batches):
@@ -55,9 +61,20 @@ def _median_step_time(fn, batches):
   return statistics.median(times)
 
 
-def setup(steps: int):
-  """configs/llmgr_ml100k.py's model, parameters, prompt encoder and the stages' prompts."""
+def setup(steps: int, overrides=()):
+  """configs/llmgr_ml100k.py's model, parameters, prompt encoder and the stages' prompts.
+
+  ``overrides``: ("llm.dtype=bfloat16", ...) applied like ``--config.KEY=VALUE``.
+  """
   cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "llmgr_ml100k.py"))
+  for item in overrides:
+    key, value = item.split("=", 1)
+    config_lib.check_override(cfg, key)
+    *parents, leaf = key.split(".")
+    node = cfg
+    for part in parents:
+      node = node[part]
+    node[leaf] = type(node[leaf])(value)
   data = prepared.load_prepared(cfg.data)
   sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
   sbr_model = sbr_lib.create_model(sbr_cfg)
@@ -102,10 +119,10 @@ def stage_step(cfg, model, params, pad, stage, examples, steps):
   return run, step, holder, batches
 
 
-def default_throughput(steps: int):
-  cfg, data, model, params, enc, pad, tasks = setup(steps)
+def default_throughput(steps: int, overrides=()):
+  cfg, data, model, params, enc, pad, tasks = setup(steps, overrides)
   g, bs = cfg.llmgr, int(cfg.train.batch_size)
-  out = {"config": "configs/llmgr_ml100k.py", "batch": bs,
+  out = {"config": "configs/llmgr_ml100k.py", "overrides": list(overrides), "batch": bs,
          "llm_layers": model.config.llm.num_layers, "backend": jax.default_backend()}
   for stage, examples in tasks.items():
     run, step, holder, batches = stage_step(cfg, model, params, pad, stage, examples, steps)
@@ -175,11 +192,22 @@ def main():
   parser.add_argument("--num_items", type=int, default=900,
                       help="catalog size for the LLaMA-2-7B sizes (Music 2014 5-core: 900)")
   parser.add_argument("--skip_default", action="store_true")
+  parser.add_argument("--bf16", action="store_true",
+                      help="also time llm.dtype=llm.frozen_dtype=bfloat16 in the same process "
+                           "(key 'bfloat16', speed-ups over float32 in 'bfloat16_speedup')")
   args = parser.parse_args()
   machine = common.Machine()
   out = {} if args.skip_default else default_throughput(args.steps)
   for key in [k for k in out if k.endswith("_train_gflops")]:
     out[key.replace("_gflops", "_fraction_of_matmul_peak")] = out[key] / machine.peak
+  if args.bf16 and not args.skip_default:
+    bf16_peak = common.matmul_peak(dtype=jnp.bfloat16)
+    low = default_throughput(args.steps, BF16)
+    for key in [k for k in low if k.endswith("_train_gflops")]:
+      low[key.replace("_gflops", "_fraction_of_bf16_matmul_peak")] = low[key] / bf16_peak
+    low["bf16_matmul_peak_gflops"] = bf16_peak
+    out["bfloat16"] = low
+    out["bfloat16_speedup"] = {k: low[k] / out[k] for k in out if k.endswith("_prompts_per_s")}
   out.update(llama2_7b_sizes(args.num_items))
   out.update(machine.report())
   print(json.dumps(out, indent=2))

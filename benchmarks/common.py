@@ -38,10 +38,14 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 0) -> floa
 
 
 def matmul_peak(n: int = 2048, repeats: int = 7, dtype=jnp.float32) -> float:
-  """GFLOP/s of a jitted n x n matmul (median of ``repeats``)."""
+  """GFLOP/s of a jitted n x n matmul (median of ``repeats``).
+
+  A narrower dtype (bfloat16) accumulates in float32, as the models' matmuls do
+  (``sbrjax.models.lora.matmul``).
+  """
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  mm = jax.jit(jnp.matmul)
+  mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
   mm(a, b).block_until_ready()
   return 2 * n**3 / median_time(lambda: mm(a, b).block_until_ready(), repeats) / 1e9
 

@@ -28,11 +28,13 @@ def main():
   parser.add_argument("--top", type=int, default=12)
   parser.add_argument("--stages", default="aux,major")
   parser.add_argument("--forward", action="store_true")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override, e.g. --set llm.dtype=bfloat16 (repeatable)")
   args = parser.parse_args()
   machine = common.Machine()
-  cfg, _, model, params, _, pad, tasks = bench_llmgr.setup(args.repeats + 1)
+  cfg, _, model, params, _, pad, tasks = bench_llmgr.setup(args.repeats + 1, args.set)
   out = {"config": "configs/llmgr_ml100k.py", "batch": int(cfg.train.batch_size),
-         "llm_layers": model.config.llm.num_layers, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+         "llm_layers": model.config.llm.num_layers, "xla_flags": os.environ.get("XLA_FLAGS", ""), "overrides": args.set}
   for stage in args.stages.split(","):
     run, step, holder, batches = bench_llmgr.stage_step(cfg, model, params, pad, stage,
                                                         tasks[stage], args.repeats + 1)

@@ -73,6 +73,53 @@ class LoraConfig:
     return self.alpha / self.rank
 
 
+def _dot_f32(x: Array, w: Array) -> Array:
+  """``x [..., in] @ w [in, out]`` accumulated and returned in float32."""
+  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _narrow_matmul(x: Array, w: Array) -> Array:
+  return _dot_f32(x, w).astype(x.dtype)
+
+
+def _narrow_matmul_fwd(x, w):
+  return _narrow_matmul(x, w), (x, w)
+
+
+def _narrow_matmul_bwd(res, g):
+  x, w = res
+  g = g.astype(x.dtype)
+  # dx = g @ w.T and dw = x.T @ g, each from narrow operands into a float32 result.
+  dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+  lead = tuple(range(x.ndim - 1))
+  dw = jax.lax.dot_general(x, g, ((lead, lead), ((), ())),
+                           preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_narrow_matmul.defvjp(_narrow_matmul_fwd, _narrow_matmul_bwd)
+
+
+def matmul(x: Array, w: Array, dtype: Any) -> Array:
+  """``x @ w`` computed in ``dtype`` (the result has ``dtype``).
+
+  float32: ``jnp.dot``. A narrower dtype (bfloat16): both operands are cast to
+  it and the product, and each product of its backward pass, accumulates in
+  float32 before the result is cast back. Numerically this is what a bf16 GEMM
+  does on an accelerator; it also keeps XLA's CPU backend on its bf16 kernels
+  (AMX / AVX512-BF16 where the CPU has them): that backend computes a
+  bf16 x bf16 -> bf16 dot, and the mixed float32 x bf16 dots plain autodiff
+  writes for the backward pass, by converting both operands to float32 first.
+  """
+  dtype = jnp.dtype(dtype)
+  if dtype == jnp.float32:
+    return jnp.dot(x.astype(dtype), w.astype(dtype))
+  return _narrow_matmul(x.astype(dtype), w.astype(dtype))
+
+
 class LoraAdapter(nn.Module):
   """The low-rank update ``dropout(x) @ a @ b * scaling`` (module name ``lora``)."""
   features: int
@@ -115,7 +162,7 @@ class LoraDense(nn.Module):
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
                         self.param_dtype)  # [in, out]
-    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    y = matmul(x, kernel, self.dtype)
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
                         self.param_dtype)

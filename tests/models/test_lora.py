@@ -168,3 +168,67 @@ def test_bf16_base_with_float32_adapters():
     assert leaf.dtype == want, path
   out = Llama(cfg).apply({"params": p}, IDS)
   assert out.logits.dtype == jnp.float32
+
+
+def _bf16_round(a):
+  return np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+def test_matmul_float32_is_jnp_dot():
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(3, 5, 16), jnp.float32)
+  w = jnp.asarray(rng.randn(16, 8), jnp.float32)
+  np.testing.assert_array_equal(lora.matmul(x, w, jnp.float32), jnp.dot(x, w))
+  g_mine = jax.grad(lambda x, w: lora.matmul(x, w, jnp.float32).sum(), (0, 1))(x, w)
+  g_dot = jax.grad(lambda x, w: jnp.dot(x, w).sum(), (0, 1))(x, w)
+  for a, b in zip(g_mine, g_dot):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_matmul_bf16_value_and_grads_equal_numpy():
+  """A bf16 product and both gradients: bf16 operands, float64 sums, one bf16 rounding."""
+  rng = np.random.RandomState(1)
+  x, w = rng.randn(2, 7, 64), rng.randn(64, 24)
+  ct = rng.randn(2, 7, 24)
+  y, vjp = jax.vjp(lambda x, w: lora.matmul(x, w, jnp.bfloat16),
+                   jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+  assert y.dtype == jnp.bfloat16
+  dx, dw = vjp(jnp.asarray(ct, jnp.bfloat16))
+  assert dx.dtype == dw.dtype == jnp.float32  # cotangents of the float32 inputs
+  xb, wb, gb = _bf16_round(x), _bf16_round(w), _bf16_round(ct)
+  want = {"y": (y, xb @ wb), "dx": (dx, gb @ wb.T),
+          "dw": (dw, xb.reshape(-1, 64).T @ gb.reshape(-1, 24))}
+  for name, (got, ref) in want.items():
+    got = np.asarray(jnp.asarray(got, jnp.float32), np.float64)
+    # Float32 accumulation, then one rounding to bf16 (relative step 2^-8).
+    np.testing.assert_allclose(got, _bf16_round(ref), rtol=2**-7, atol=1e-5, err_msg=name)
+    # A bf16 accumulation over 64 (or 14) terms would be off by far more than one
+    # rounding on some entries; the result is the rounded exact product.
+    assert np.mean(got == _bf16_round(ref)) > 0.9, name
+
+
+def test_matmul_bf16_dots_take_bf16_operands():
+  """Forward and backward dots read bf16 operands and accumulate in float32.
+
+  XLA's CPU backend converts both operands of a bf16 -> bf16 dot, and of the
+  mixed float32 x bf16 dots plain autodiff writes, to float32 (off its bf16
+  kernels); issue 12's bf16 train-step speed-up rests on this property.
+  """
+  x = jnp.ones((4, 8, 32), jnp.float32)
+  w = jnp.ones((32, 16), jnp.bfloat16)
+  jaxpr = jax.make_jaxpr(jax.grad(
+      lambda x, w: lora.matmul(x, w, jnp.bfloat16).astype(jnp.float32).sum(),
+      (0, 1)))(x, w)
+
+  def dots(jpr):
+    for eqn in jpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        yield eqn
+      for sub in jax.core.jaxprs_in_params(eqn.params):
+        yield from dots(sub)
+
+  found = list(dots(jaxpr.jaxpr))
+  assert len(found) == 3  # y, dx, dw
+  for eqn in found:
+    assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2, eqn
+    assert eqn.params["preferred_element_type"] == jnp.float32, eqn
