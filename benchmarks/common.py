@@ -50,6 +50,21 @@ def matmul_peak(n: int = 2048, repeats: int = 7, dtype=jnp.float32) -> float:
   return 2 * n**3 / median_time(lambda: mm(a, b).block_until_ready(), repeats) / 1e9
 
 
+def cpu_info() -> Dict[str, object]:
+  """The CPU model and its bf16 matmul instructions (Linux /proc/cpuinfo; {} elsewhere)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      text = f.read()
+  except OSError:
+    return {}
+  model = next((l.split(":", 1)[1].strip() for l in text.splitlines()
+                if l.startswith("model name")), "")
+  flags = next((l.split(":", 1)[1].split() for l in text.splitlines()
+                if l.startswith("flags")), [])
+  return {"cpu_model": model,
+          "cpu_bf16_flags": [f for f in ("avx512_bf16", "amx_bf16") if f in flags]}
+
+
 class Machine:
   """Load average and matmul peak at the start and at the end of a benchmark."""
 
@@ -61,7 +76,7 @@ class Machine:
     peak_after = matmul_peak()
     return {"loadavg_1min": {"before": self.load_before, "after": os.getloadavg()[0]},
             "matmul_peak_gflops": {"before": self.peak_before, "after": peak_after},
-            "cpu_count": os.cpu_count(), "jax": jax.__version__,
+            "cpu_count": os.cpu_count(), **cpu_info(), "jax": jax.__version__,
             "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend()}
 
   @property
