@@ -24,6 +24,8 @@ import jax.numpy as jnp
 # Benchmarks run as scripts from the repository root: make ``sbrjax`` importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from sbrjax import llm  # noqa: E402
+
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
   """Median wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
@@ -51,18 +53,14 @@ def matmul_peak(n: int = 2048, repeats: int = 7, dtype=jnp.float32) -> float:
 
 
 def cpu_info() -> Dict[str, object]:
-  """The CPU model and its bf16 matmul instructions (Linux /proc/cpuinfo; {} elsewhere)."""
+  """The CPU model and its bf16 matmul instructions (Linux /proc/cpuinfo)."""
+  model = ""
   try:
     with open("/proc/cpuinfo") as f:
-      text = f.read()
+      model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
   except OSError:
-    return {}
-  model = next((l.split(":", 1)[1].strip() for l in text.splitlines()
-                if l.startswith("model name")), "")
-  flags = next((l.split(":", 1)[1].split() for l in text.splitlines()
-                if l.startswith("flags")), [])
-  return {"cpu_model": model,
-          "cpu_bf16_flags": [f for f in ("avx512_bf16", "amx_bf16") if f in flags]}
+    pass
+  return {"cpu_model": model, "cpu_bf16_flags": llm.cpu_bf16_flags()}
 
 
 class Machine:

@@ -82,6 +82,29 @@ def dtype_of(name: str, key: str = "config.llm.dtype"):
   return DTYPES[name]
 
 
+def cpu_bf16_flags() -> List[str]:
+  """The bf16 matmul instructions this CPU reports (Linux /proc/cpuinfo; [] elsewhere)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+  except OSError:
+    return []
+  return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+
+
+def bf16_hint(spec: "LLMSpec") -> Optional[str]:
+  """A one-line suggestion when the LLM computes in float32 on a CPU with bf16 units."""
+  if spec.dtype != "float32" or jax.default_backend() != "cpu":
+    return None
+  flags = cpu_bf16_flags()
+  if not flags:
+    return None
+  return (f"This CPU has bf16 matmul instructions ({', '.join(flags)}): "
+          "--config.llm.dtype=bfloat16 --config.llm.frozen_dtype=bfloat16 runs the LLM's "
+          "matmuls in bf16 with float32 accumulation, about twice as fast on such CPUs "
+          "(README, Benchmarks: bf16 on a CPU).")
+
+
 @dataclasses.dataclass(frozen=True)
 class LLMSpec:
   """Which LLM to load and how (the ``config.llm`` section, checked).

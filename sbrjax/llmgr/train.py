@@ -239,6 +239,9 @@ def model_config(config, sbr_cfg, llm_cfg, num_items: int) -> model_lib.LLMGRCon
 def build_model_and_params(config, data, sbr_cfg, sbr_params, seed):
   """(LLMGR module, its parameters, the LLM's tokenizer)."""
   spec = llm_api.LLMSpec.from_config(config.llm)
+  hint = llm_api.bf16_hint(spec)
+  if hint:
+    logging.info(hint)
   llm_model, llm_params, tokenizer = llm_api.load_llm(spec, seed=seed)
   model_cfg = model_config(config, sbr_cfg, llm_model.config, data.num_items)
   params = model_lib.assemble_params(model_cfg, llm_params, sbr_params["sbr"], seed)

@@ -473,3 +473,13 @@ def test_train_progress_bar_false_silences_the_backbone_pretraining(
     train_llmgr.pretrained_sbr(cfg, None, str(tmp_path / "run"))
   assert seen["bar"] is expected
   assert cfg.sbr_train.progress_bar is sbr_bar  # the user's config is not modified
+
+
+def test_bf16_hint_only_for_float32_on_a_cpu_with_bf16_units(monkeypatch):
+  monkeypatch.setattr(llm_api, "cpu_bf16_flags", lambda: ["amx_bf16"])
+  hint = llm_api.bf16_hint(llm_api.LLMSpec(dtype="float32"))
+  assert "amx_bf16" in hint and "--config.llm.dtype=bfloat16" in hint
+  assert "--config.llm.frozen_dtype=bfloat16" in hint
+  assert llm_api.bf16_hint(llm_api.LLMSpec(dtype="bfloat16")) is None
+  monkeypatch.setattr(llm_api, "cpu_bf16_flags", lambda: [])
+  assert llm_api.bf16_hint(llm_api.LLMSpec(dtype="float32")) is None
