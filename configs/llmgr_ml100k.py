@@ -29,8 +29,9 @@ Beyond the paper (options, off here; see configs/llmgr_music.py's list):
 Compute dtype: float32 here. --config.llm.dtype=bfloat16
 --config.llm.frozen_dtype=bfloat16 is the paper's GPU setting (bf16 weights and
 matmuls, float32 accumulation); on a CPU with AMX / AVX512-BF16 it trains about
-twice as fast at the same quality over three seeds of the default (README:
-"bf16 matmuls on the CPU"); a CPU without them emulates bf16.
+twice as fast, level with float32 over three seeds of the default but
+0.006 / 0.008 NDCG@10 below it at every prefix (README: "bf16 matmuls on the
+CPU"); a CPU without them emulates bf16.
 
 Reductions from the paper's setting, all for CPU time, each a config key:
   * LLM: SmolLM2-135M instead of LLaMA-2-7B, and only its first 6 of 30
