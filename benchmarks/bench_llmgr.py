@@ -74,7 +74,11 @@ def setup(steps: int, overrides=()):
     node = cfg
     for part in parents:
       node = node[part]
-    node[leaf] = type(node[leaf])(value)
+    old = node[leaf]
+    if isinstance(old, bool):  # bool("False") is True
+      node[leaf] = value.lower() in ("1", "true")
+    else:
+      node[leaf] = type(old)(value)
   data = prepared.load_prepared(cfg.data)
   sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
   sbr_model = sbr_lib.create_model(sbr_cfg)

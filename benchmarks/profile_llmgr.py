@@ -34,7 +34,8 @@ def main():
   machine = common.Machine()
   cfg, _, model, params, _, pad, tasks = bench_llmgr.setup(args.repeats + 1, args.set)
   out = {"config": "configs/llmgr_ml100k.py", "batch": int(cfg.train.batch_size),
-         "llm_layers": model.config.llm.num_layers, "xla_flags": os.environ.get("XLA_FLAGS", ""), "overrides": args.set}
+         "llm_layers": model.config.llm.num_layers,
+         "xla_flags": os.environ.get("XLA_FLAGS", ""), "overrides": args.set}
   for stage in args.stages.split(","):
     run, step, holder, batches = bench_llmgr.stage_step(cfg, model, params, pad, stage,
                                                         tasks[stage], args.repeats + 1)
