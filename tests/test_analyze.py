@@ -17,6 +17,7 @@ from sbrjax.analysis import pca as pca_lib
 from sbrjax.analysis import plots
 from sbrjax.analysis import report
 from sbrjax.analysis import runs as runs_lib
+from sbrjax.analysis import seeds as seeds_lib
 from sbrjax.train import evaluate as evaluate_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -279,6 +280,44 @@ def test_llmgr_scaling_groups_points_by_head_blocks_and_prompts(tmp_path):
     scaling_lib.point_of(_llm4sbr_run(1, 0.1, 0, 0.2))
 
 
+def test_seed_rows_average_runs_sharing_a_name_like_numpy():
+  vals = {"a": [0.31, 0.35, 0.36], "b": [0.40]}
+  runs, labels = [], []
+  for name in ("a", "b"):
+    for seed, v in enumerate(vals[name]):
+      runs.append(_llmgr_run(4096, 6, seed, v, v / 8))
+      labels.append(name)
+  runs.insert(1, _llmgr_run(4096, 6, 0, 0.9, 0.9))  # runs of a name need not be adjacent
+  labels.insert(1, "c")
+  del runs[-2].results["test"]["full/NDCG@10"]  # a key one run lacks
+  broken = _llmgr_run(4096, 6, 2, 0.5, 0.5)
+  broken.results.pop("test")
+  runs.append(broken)
+  labels.append("b")
+  keys = ["sampled/NDCG@10", "full/NDCG@10"]
+  recs = seeds_lib.summarize(runs, labels, keys)
+  assert [r["label"] for r in recs] == ["a", "c", "b"]
+  a, c, b = recs
+  assert a["n"] == 3 and a["seeds"] == [0, 1, 2]
+  np.testing.assert_allclose(a["mean"]["sampled/NDCG@10"], np.mean(vals["a"]), rtol=1e-12)
+  np.testing.assert_allclose(a["sd"]["sampled/NDCG@10"], np.std(vals["a"], ddof=1), rtol=1e-12)
+  # a's last run lacks full NDCG: averaged over the two that have it, and the cell says so.
+  np.testing.assert_allclose(a["mean"]["full/NDCG@10"], np.mean(vals["a"][:2]) / 8)
+  assert seeds_lib.cell(a, "full/NDCG@10").endswith("(n=2)")
+  assert c["sd"]["sampled/NDCG@10"] is None and seeds_lib.cell(c, "sampled/NDCG@10") == "0.9000"
+  assert b["n"] == 1 and b["missing"] == [broken.workdir]
+  text = seeds_lib.markdown(recs, keys)
+  row = next(l for l in text.splitlines() if l.startswith("| a |"))
+  assert row.startswith("| a | 3 | 0, 1, 2 | 0.3400 ± 0.0265 |")
+  assert f"b: no 1 result(s) ({broken.workdir})" in text
+  dup = seeds_lib.summarize([_llmgr_run(1, 2, 0, .1, .1), _llmgr_run(1, 2, 0, .2, .2)],
+                            ["x", "x"], keys)
+  assert dup[0]["repeated_seeds"] == [0]
+  assert "appear more than once" in seeds_lib.markdown(dup, keys)
+  with pytest.raises(ValueError, match="1 labels for 2 runs"):
+    seeds_lib.groups(runs[:2], ["a"])
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -297,6 +336,11 @@ def test_analyze_writes_tables_whose_groups_partition_the_test_split(tiny_sbr_ru
   for key in ("length", "items"):
     assert sum(r["count"] for r in record["groups"][key]) == n
   assert open(os.path.join(out, "summary.md")).read() == summary
+  rows = json.load(open(os.path.join(out, "metrics.json")))["rows"]
+  test = json.load(open(os.path.join(wd, "results.json")))["test"]
+  assert len(rows) == 1 and rows[0]["n"] == 1 and rows[0]["label"] == "SR-GNN"
+  assert rows[0]["mean"]["full/HR@10"] == test["full/HR@10"]
+  assert f"| SR-GNN | 1 | " in summary and f"{test['full/HR@10']:.4f}" in summary
 
 
 def test_analyze_cli_names_a_missing_run_and_exits_2(tmp_path):

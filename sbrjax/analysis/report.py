@@ -7,6 +7,9 @@ writes into ``--out``:
 
 * ``summary.md``: every table and links to the figures (also printed);
 * ``groups.json``: the same group metrics, machine-readable;
+* ``metrics.json``: the test metrics of the runs grouped by name, mean and
+  sample SD over the runs that share a ``--labels`` name (seeds;
+  ``sbrjax.analysis.seeds``), also the first table of ``summary.md``;
 * ``pca_<run>.png``: for each LLMGR run, PCA of the pre-trained backbone's
   item table vs ``f_in`` of the tuned table (``sbrjax.analysis.pca``),
   coloured by item popularity;
@@ -43,6 +46,7 @@ from sbrjax.analysis import pca as pca_lib
 from sbrjax.analysis import plots
 from sbrjax.analysis import runs as runs_lib
 from sbrjax.analysis import scaling as scaling_lib
+from sbrjax.analysis import seeds as seeds_lib
 
 
 def _slug(text: str) -> str:
@@ -176,6 +180,10 @@ def analyze(workdirs: Sequence[str], out_dir: str, *, split: str = "test",
   for run, label in zip(runs, labels):
     count = int(run.results.get("test", {}).get("count", 0))
     md.append(f"| {label} | `{run.workdir}` | {run.results.get('model', run.job)} | {count:,} |")
+  metric_keys = [f"{mode}/{m}" for mode in modes for m in metrics]
+  seed_records = seeds_lib.summarize(runs, labels, metric_keys, split)
+  md += ["", f"## Metrics ({split} split; runs sharing a name: mean ± SD)", "",
+         seeds_lib.markdown(seed_records, metric_keys)]
   fingerprints = set()
   for run in runs:
     try:
@@ -228,4 +236,6 @@ def analyze(workdirs: Sequence[str], out_dir: str, *, split: str = "test",
   summary = "\n".join(md) + "\n"
   _write_text(os.path.join(out_dir, "summary.md"), summary)
   _write_text(os.path.join(out_dir, "groups.json"), json.dumps(record, indent=2))
+  _write_text(os.path.join(out_dir, "metrics.json"),
+              json.dumps({"split": split, "rows": seed_records}, indent=2))
   return summary
