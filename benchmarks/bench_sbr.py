@@ -63,7 +63,12 @@ def backbone_config(backbone, args):
   return cfg
 
 
-def bench_backbone(backbone, data, graphs, args):
+def build(backbone, data, graphs, args):
+  """(model, state, jitted train step, host batches, steps per epoch) of a backbone.
+
+  ``args.steps + 1`` batches of ``args.batch`` examples, drawn as the trainer
+  draws them (shuffled, node cap "auto"); the step is the trainer's own.
+  """
   cfg = backbone_config(backbone, args)
   sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
   model = sbr_lib.create_model(sbr_cfg)
@@ -79,7 +84,12 @@ def bench_backbone(backbone, data, graphs, args):
   # would make the second call compile the step again.
   state = state.replace(step=jnp.zeros((), jnp.int32))
   step = train_sbr.jitted_train_step(model, schedule, 0)
+  return model, state, step, host, steps_per_epoch
 
+
+def bench_backbone(backbone, data, graphs, args):
+  _, state, step, host, steps_per_epoch = build(backbone, data, graphs, args)
+  bs = args.batch
   t0 = time.perf_counter()
   compiled = step.lower(state, host[0]).compile()
   compile_s = time.perf_counter() - t0

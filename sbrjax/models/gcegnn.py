@@ -111,11 +111,39 @@ class LocalAggregator(nn.Module):
     """h [B, M, D] node states, rel [B, M, M] -> h^s [B, M, D]."""
     init = uniform_init(1.0 / self.dim**0.5)
     a = self.param("a", init, (len(RELATIONS), self.dim)).astype(self.dtype)  # a_self..a_inout
-    scores = jnp.einsum("bid,rd,bjd->rbij", h, a, h)  # a_r^T (h_i * h_j)
-    scores = nn.leaky_relu(scores, self.slope)
-    e = jnp.take_along_axis(scores, jnp.maximum(rel, 0)[None], axis=0)[0]  # [B, M, M]
+    # a_r^T (h_i * h_j) as one batched matmul per session ((h_i * a_r) . h_j): the
+    # three-operand einsum made XLA transpose [B, M, D] operands in the backward pass.
+    scores = jnp.einsum("brid,bjd->brij", h[:, None] * a[None, :, None, :], h)
+    scores = nn.leaky_relu(scores, self.slope)  # [B, R, M, M]
+    e = sum(jnp.where(rel == r, scores[:, r], 0.0) for r in range(len(RELATIONS)))
     alpha = masked_softmax(e, rel >= 0)
     return jnp.einsum("bij,bjd->bid", alpha, h)
+
+
+@jax.custom_vjp
+def session_times_neighbours(session: jax.Array, neigh: jax.Array) -> jax.Array:
+  """``session[:, None, None, :] * neigh``: session [N, D], neigh [N, M, S, D] -> [N, M, S, D].
+
+  The product autodiff would write, with a hand-written backward pass: the
+  session's gradient sums the S neighbour slices one by one instead of one
+  reduce over the S axis, which XLA's CPU backend fused into a reduction that
+  took about half of GCE-GNN's train step (benchmarks/profile_sbr.py).
+  """
+  return session[:, None, None, :] * neigh
+
+
+def _stn_fwd(session, neigh):
+  return session[:, None, None, :] * neigh, (session, neigh)
+
+
+def _stn_bwd(res, g):
+  session, neigh = res
+  prod = g * neigh  # [N, M, S, D]
+  d_session = sum(prod[:, :, k] for k in range(prod.shape[2])).sum(1)
+  return d_session.astype(session.dtype), (session[:, None, None, :] * g).astype(neigh.dtype)
+
+
+session_times_neighbours.defvjp(_stn_fwd, _stn_bwd)
 
 
 class GlobalAggregator(nn.Module):
@@ -134,8 +162,10 @@ class GlobalAggregator(nn.Module):
     w_1 = self.param("w_1", init, (d + 1, d)).astype(self.dtype)
     w_2 = self.param("w_2", init, (d, 1)).astype(self.dtype)
     w_3 = self.param("w_3", init, (2 * d, d)).astype(self.dtype)
-    x = jnp.concatenate([session[:, None, None, :] * neigh, weight[..., None]], axis=-1)
-    pi = (nn.leaky_relu(x @ w_1, self.slope) @ w_2)[..., 0]  # [N, M, S]
+    # [s * h_j ; w_ij] @ W_1 without the concatenation: W_1's first d rows take s * h_j,
+    # its last row the edge weight.
+    x = session_times_neighbours(session, neigh) @ w_1[:d] + weight[..., None] * w_1[d]
+    pi = (nn.leaky_relu(x, self.slope) @ w_2)[..., 0]  # [N, M, S]
     has = weight > 0
     beta = masked_softmax(pi, has) * has
     agg = jnp.einsum("nms,nmsd->nmd", beta, neigh)
@@ -175,8 +205,14 @@ class GCEGNN(nn.Module):
     for _ in range(hops):
       weights.append(nb_w[ids[-1]].reshape(n, -1))
       ids.append(nb_ids[ids[-1]].reshape(n, -1))
-    vectors = [self.item_embedding(x) for x in ids]  # [N, S^k, D]
-    vectors[0] = vectors[0][:, None, :] if vectors[0].ndim == 2 else vectors[0]
+    # Level k >= 1 reads the rows of level k - 1's items in a per-item table of their
+    # neighbours' embeddings [I, S, D]: one gather of S * D-wide rows per item instead
+    # of S gathers of D-wide rows (and a scatter of as many rows in the backward pass).
+    table = self.item_embedding.embedding.astype(self.cfg.dtype)
+    neighbour_table = table[nb_ids]  # [I, S, D]
+    vectors = [self.item_embedding(graph.nodes)[:, None, :]]  # [N, 1, D]
+    for k in range(1, hops + 1):
+      vectors.append(neighbour_table[ids[k - 1]].reshape(n, -1, table.shape[-1]))
     for n_hop in range(hops):
       nxt = []
       for hop in range(hops - n_hop):

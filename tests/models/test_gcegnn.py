@@ -12,7 +12,7 @@ from sbrjax import pipeline
 from sbrjax.data import graphs as graphs_lib
 from sbrjax.data import prepared
 from sbrjax.models.backbone import GlobalGraph, SBRConfig
-from sbrjax.models.gcegnn import RELATIONS
+from sbrjax.models.gcegnn import RELATIONS, session_times_neighbours
 from sbrjax.models.sbr import create_model
 from sbrjax.sbr import export
 from sbrjax.sbr import train as train_sbr
@@ -153,6 +153,21 @@ def test_dropout_is_active_only_when_training_and_graph_leaves_get_no_gradient()
   grads = jax.jit(jax.grad(lambda p: train(p).logits.sum()))(params)
   assert not np.asarray(grads["global_graph"]["weights"]).any()
   assert np.asarray(grads["global_agg_0"]["w_1"]).any()
+
+
+def test_session_times_neighbours_backward_equals_autodiff_of_the_product():
+  rng = np.random.default_rng(3)
+  session = rng.normal(size=(7, 5)).astype(np.float32)
+  neigh = rng.normal(size=(7, 2, 4, 5)).astype(np.float32)
+  g = rng.normal(size=(7, 2, 4, 5)).astype(np.float32)
+  plain = lambda s, n: s[:, None, None, :] * n
+  out, vjp = jax.vjp(session_times_neighbours, session, neigh)
+  ref_out, ref_vjp = jax.vjp(plain, session, neigh)
+  np.testing.assert_array_equal(out, ref_out)
+  (ds, dn), (rs, rn) = vjp(g), ref_vjp(g)
+  np.testing.assert_allclose(ds, rs, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(dn, rn)
+  np.testing.assert_allclose(ds, np.einsum("nmsd,nmsd->nd", g, neigh), rtol=1e-5, atol=1e-6)
 
 
 def test_missing_or_wrong_global_graph_raises():
