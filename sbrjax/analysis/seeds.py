@@ -47,7 +47,8 @@ def summarize(runs: Sequence[runs_lib.Run], labels: Sequence[str], keys: Sequenc
     rec: Dict[str, Any] = {
         "label": label, "n": len(have), "seeds": [_seed(r) for r in have],
         "workdirs": [r.workdir for r in have],
-        "missing": [r.workdir for r in group if r not in have],
+        "missing": [r.workdir for r in group
+                    if not isinstance(r.results.get(split), dict)],
         "mean": {}, "sd": {}, "n_by_key": {}}
     for key in keys:
       values = np.array([float(r.results[split][key]) for r in have
