@@ -4,7 +4,9 @@ Reference defaults: 3 convolution layers, self-supervised loss weight
 beta = 0.01, one hyperedge per training sequence (the paper; the reference
 code's hyperedges are every training prefix: --config.sbr.s2dhcn_hyperedges=examples).
 The model has no dropout (none in the reference), so LLMGR's dropout 0.3 has
-no place to go.
+no place to go. Both channels average their L + 1 layer outputs as the paper's
+eqs. 3 and 8 say; the reference code sums them (X_h L + 1 times larger):
+--config.sbr.s2dhcn_layer_mix=sum.
 """
 
 import os
@@ -19,4 +21,5 @@ def get_config():
   config.sbr.s2dhcn_layers = 3
   config.sbr.s2dhcn_beta = 0.01
   config.sbr.s2dhcn_hyperedges = "sessions"
+  config.sbr.s2dhcn_layer_mix = "mean"
   return config

@@ -94,6 +94,7 @@ def base_config(locked: bool = True) -> ml_collections.ConfigDict:
   sbr.s2dhcn_layers = 3
   sbr.s2dhcn_beta = 0.01            # weight of the self-supervised loss
   sbr.s2dhcn_hyperedges = "sessions"  # "sessions" (paper) | "examples" (reference code: prefixes)
+  sbr.s2dhcn_layer_mix = "mean"      # "mean" (paper eqs. 3, 8) | "sum" (reference code)
   # HCGR (a reconstruction, see sbrjax/models/hcgr.py): Lorentz model, contrastive term.
   sbr.hcgr_layers = 1
   sbr.hcgr_curvature = 1.0          # K (sectional curvature -1/K)

@@ -137,6 +137,9 @@ class SBRConfig:
     s2dhcn_hyperedges: "sessions" (paper: one hyperedge per training
       sequence) or "examples" (reference code: one per training example,
       i.e. every augmented prefix).
+    s2dhcn_layer_mix: how both channels combine their L + 1 layer outputs:
+      "mean" (the paper's eqs. 3 and 8) or "sum" (the reference code: item
+      table and line-graph vectors L + 1 times the mean's).
     hcgr_layers: hyperbolic graph attention layers.
     hcgr_curvature: K of the Lorentz model (sectional curvature -1/K).
     hcgr_cl_weight: weight lambda of HCGR's contrastive term.
@@ -176,6 +179,7 @@ class SBRConfig:
   s2dhcn_layers: int = 3
   s2dhcn_beta: float = 0.01
   s2dhcn_hyperedges: str = "sessions"
+  s2dhcn_layer_mix: str = "mean"
   hcgr_layers: int = 1
   hcgr_curvature: float = 1.0
   hcgr_cl_weight: float = 0.1

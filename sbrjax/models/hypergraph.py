@@ -14,16 +14,18 @@ model as ``SBRConfig.global_graph`` (kind "hypergraph": ``adjacency`` dense
 
   X^(l+1) = M X^(l)  (no filter, no non-linearity),  X_h = 1/(L+1) sum_{l=0..L} X^(l)
 
-(the paper averages the layers; the stored reference version sums them, a
-factor L+1 on every score). Session embedding theta_h: the reversed-position
-soft attention of ``sbrjax.models.readouts.ReversedPositionReadout`` over the
+(the paper averages the layers; the stored reference version sums them: X_h
+L+1 times larger, and the readout below sees the scaled rows, so the scores'
+scale differs by about (L+1)^2 for the same parameters. ``SBRConfig.
+s2dhcn_layer_mix`` = "mean" (paper, default) or "sum" (reference) chooses,
+for both channels.) Session embedding theta_h: the reversed-position soft attention of ``sbrjax.models.readouts.ReversedPositionReadout`` over the
 clicks' rows of X_h (eqs. 5-6); ``logits = theta_h . X_h``.
 
 Line-graph channel (eqs. 7-8). The batch's sessions are the nodes; two
 sessions are linked with weight |S_i n S_j| / |S_i u S_j| (their item sets),
 plus self-loops: A_hat = A + I, D_hat its degrees. Theta^(0) = mean click
 embedding e; ``Theta^(l+1) = D_hat^-1 A_hat Theta^(l)``; theta_l = the mean
-over l = 0..L (the reference sums; same note as above).
+over l = 0..L (the reference sums; ``s2dhcn_layer_mix`` chooses for both channels).
 
 Self-supervised loss (eqs. 9-10, reference ``SSL``): with f_D(x, y) = x . y
 and theta~_h the corrupted theta_h (rows shuffled over the real sessions,
@@ -65,8 +67,24 @@ from sbrjax.models.gnn import uniform_init
 from sbrjax.models.readouts import ReversedPositionReadout
 
 
-def hypergraph_convolution(table: jax.Array, arrays, layers: int) -> jax.Array:
-  """X_h = mean over l = 0..L of M^l X for the operator M given dense or as COO."""
+LAYER_MIXES = ("mean", "sum")
+
+
+def check_layer_mix(mix: str) -> None:
+  if mix not in LAYER_MIXES:
+    raise ValueError(f"config.sbr.s2dhcn_layer_mix={mix!r} is not supported; choose one of "
+                     f"{', '.join(LAYER_MIXES)} (mean: the paper, sum: the reference code).")
+
+
+def _mix(total: jax.Array, layers: int, mix: str) -> jax.Array:
+  """The layers' outputs combined: their sum, or its mean over the L + 1 terms."""
+  check_layer_mix(mix)
+  return total if mix == "sum" else total / (layers + 1)
+
+
+def hypergraph_convolution(table: jax.Array, arrays, layers: int,
+                           mix: str = "mean") -> jax.Array:
+  """X_h = mean (or sum) over l = 0..L of M^l X for the operator M given dense or as COO."""
   if "adjacency" in arrays:
     apply = lambda x: arrays["adjacency"].astype(x.dtype) @ x
   else:
@@ -81,7 +99,7 @@ def hypergraph_convolution(table: jax.Array, arrays, layers: int) -> jax.Array:
   for _ in range(layers):
     x = apply(x)
     total = total + x
-  return total / (layers + 1)
+  return _mix(total, layers, mix)
 
 
 def session_item_incidence(graph, num_sessions: int, num_items: int) -> jax.Array:
@@ -91,8 +109,8 @@ def session_item_incidence(graph, num_sessions: int, num_items: int) -> jax.Arra
 
 
 def line_graph_convolution(theta0: jax.Array, incidence: jax.Array, real: jax.Array,
-                           layers: int) -> jax.Array:
-  """theta_l [B, D]: the mean over l = 0..L of (D_hat^-1 A_hat)^l theta0 among real rows."""
+                           layers: int, mix: str = "mean") -> jax.Array:
+  """theta_l [B, D]: mean (or sum) over l = 0..L of (D_hat^-1 A_hat)^l theta0, real rows."""
   inter = incidence @ incidence.T  # [B, B] |S_i n S_j|
   size = jnp.diag(inter)
   union = size[:, None] + size[None, :] - inter
@@ -104,7 +122,7 @@ def line_graph_convolution(theta0: jax.Array, incidence: jax.Array, real: jax.Ar
   for _ in range(layers):
     x = prop @ x
     total = total + x
-  return total / (layers + 1)
+  return _mix(total, layers, mix)
 
 
 def corrupt(key: jax.Array, x: jax.Array, real: jax.Array) -> jax.Array:
@@ -136,6 +154,7 @@ class S2DHCN(nn.Module):
     cfg = self.cfg
     require_global_graph(cfg.global_graph, "hypergraph", "S2-DHCN",
                          "the training split's hypergraph operator")
+    check_layer_mix(cfg.s2dhcn_layer_mix)
     self.item_embedding = nn.Embed(cfg.num_items, cfg.embed_dim, dtype=cfg.dtype,
                                    embedding_init=uniform_init(1.0 / cfg.embed_dim**0.5))
     self.global_graph = GlobalGraphParams(cfg.global_graph)
@@ -144,7 +163,8 @@ class S2DHCN(nn.Module):
   def item_table(self) -> jax.Array:
     """X_h [I, D], the hypergraph-convolved item embeddings."""
     table = self.item_embedding.embedding.astype(self.cfg.dtype)
-    return hypergraph_convolution(table, self.global_graph(), self.cfg.s2dhcn_layers)
+    return hypergraph_convolution(table, self.global_graph(), self.cfg.s2dhcn_layers,
+                                  self.cfg.s2dhcn_layer_mix)
 
   def session_representations(self, batch, *, deterministic: bool = True) -> SBROutput:
     cfg = self.cfg
@@ -169,7 +189,8 @@ class S2DHCN(nn.Module):
     emb = self.item_embedding(batch.graph.nodes[batch.positions]) * mask[..., None]
     theta0 = jnp.sum(emb, 1) / jnp.maximum(jnp.sum(mask, 1, keepdims=True), 1)
     incidence = session_item_incidence(batch.graph, b, self.cfg.num_items)
-    return line_graph_convolution(theta0, incidence, batch.lengths > 0, self.cfg.s2dhcn_layers)
+    return line_graph_convolution(theta0, incidence, batch.lengths > 0, self.cfg.s2dhcn_layers,
+                                  self.cfg.s2dhcn_layer_mix)
 
   def self_supervised_loss(self, batch, theta_h: jax.Array, key: jax.Array) -> jax.Array:
     """L_S of the batch (unweighted), corruption drawn from ``key``."""

@@ -34,8 +34,8 @@ def config(form="dense", **kw):
 
 
 @functools.lru_cache(maxsize=None)
-def built(form="dense"):
-  model = create_model(config(form))
+def built(form="dense", mix="mean"):
+  model = create_model(config(form, s2dhcn_layer_mix=mix))
   return model, fx.init_params(model), fx.apply_fn(model)
 
 
@@ -51,12 +51,12 @@ def dense_operator():
   return m
 
 
-def np_item_table(emb):
+def np_item_table(emb, mix="mean"):
   m, x, total = dense_operator(), emb, emb
   for _ in range(LAYERS):
     x = m @ x
     total = total + x
-  return total / (LAYERS + 1)
+  return total if mix == "sum" else total / (LAYERS + 1)
 
 
 def np_line_graph(emb, sessions):
@@ -83,13 +83,13 @@ def np_ssl(theta_h, theta_l, corrupted):
   return np.sum(-np.log(1e-8 + sig(pos)) - np.log(1e-8 + 1 - sig(neg)))
 
 
-@pytest.mark.parametrize("form", ["dense", "coo"])
-def test_s2dhcn_matches_numpy_equations(form):
-  model, params, apply = built(form)
+@pytest.mark.parametrize("form,mix", [("dense", "mean"), ("coo", "mean"), ("dense", "sum")])
+def test_s2dhcn_matches_numpy_equations(form, mix):
+  model, params, apply = built(form, mix)
   out = apply(params, fx.batch_of(np.arange(len(fx.SESSIONS)), fx.BATCH))
   p = fx.f64(params)
   emb = p["item_embedding"]["embedding"]
-  x_h = np_item_table(emb)
+  x_h = np_item_table(emb, mix)
   np.testing.assert_allclose(out.item_embeddings, x_h, rtol=1e-5, atol=1e-6)
   for i in range(len(fx.SESSIONS)):
     seq = fx.kept(i)
@@ -155,6 +155,18 @@ def test_per_session_outputs_ignore_the_batch_but_the_line_graph_does_not():
   np.testing.assert_allclose(padded[:len(fx.SESSIONS)],
                              lg(fx.batch_of(np.arange(len(fx.SESSIONS)), fx.BATCH))[
                                  :len(fx.SESSIONS)], rtol=1e-5, atol=1e-6)
+
+
+def test_sum_mix_scales_the_line_graph_channel_and_a_bad_mix_is_named():
+  _, params, _ = built()
+  batch = fx.batch_of(np.arange(len(fx.SESSIONS)), fx.BATCH)
+  model_sum = built("dense", "sum")[0]
+  got_sum = model_sum.apply({"params": params}, batch, method="line_graph_embeddings")
+  np.testing.assert_allclose(got_sum, (LAYERS + 1) * np.asarray(line_graph_fn()(params, batch)),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="s2dhcn_layer_mix='median'.*mean, sum"):
+    jax.eval_shape(create_model(config(s2dhcn_layer_mix="median")).init, jax.random.key(0),
+                   fx.batch_of([0], 1))
 
 
 def test_missing_graph_raises():
