@@ -34,7 +34,9 @@ then columns shuffled),
   L_S = sum_b [-log(1e-8 + sigmoid(f_D(theta_h, theta_l))) -
                log(1e-8 + 1 - sigmoid(f_D(theta~_h, theta_l)))]
 
-summed over the batch's real sessions as in the reference, and the model
+summed over the batch's real sessions as in the reference (while the
+cross-entropy is a batch mean: beta's weight grows with the batch size, so a
+beta tuned at batch B0 corresponds to beta * B0 / B at batch B), and the model
 reports ``aux_losses = {"s2dhcn_ssl": beta * L_S}`` when training
 (``deterministic=False``; the shuffles draw from the "dropout" RNG stream).
 
