@@ -37,7 +37,7 @@ then columns shuffled),
 summed over the batch's real sessions as in the reference (while the
 cross-entropy is a batch mean: beta's weight grows with the batch size, so a
 beta tuned at batch B0 corresponds to beta * B0 / B at batch B), and the model
-reports ``aux_losses = {"s2dhcn_ssl": beta * L_S}`` when training
+reports ``aux_losses = {"s2dhcn_ssl": beta * L_S}`` when training with beta > 0
 (``deterministic=False``; the shuffles draw from the "dropout" RNG stream).
 
 Per-session vs per-batch: logits, ``final``, ``local``, ``global_`` and the
@@ -142,8 +142,13 @@ def ssl_loss(theta_h: jax.Array, theta_l: jax.Array, corrupted: jax.Array,
   """Reference ``SSL``: sum over real rows of -log(1e-8 + s(pos)) - log(1e-8 + 1 - s(neg))."""
   pos = jnp.sum(theta_h * theta_l, axis=-1)
   neg = jnp.sum(theta_l * corrupted, axis=-1)
-  per_row = (-jnp.log(1e-8 + jax.nn.sigmoid(pos)) -
-             jnp.log(1e-8 + (1.0 - jax.nn.sigmoid(neg))))
+  # log(1e-8 + sigmoid(x)) as logaddexp(log 1e-8, log_sigmoid(x)), and 1 - sigmoid(neg) as
+  # sigmoid(-neg): the same values, but the written form is not safe under jit. XLA
+  # reassociates 1e-8 + (1 - s) into (1e-8 + 1) - s = 1 - s in float32, which is 0 once
+  # sigmoid(neg) rounds to 1 (neg > ~17): L_S = inf, and NaN gradients even at beta = 0.
+  log_eps = jnp.log(jnp.asarray(1e-8, pos.dtype))
+  per_row = -(jnp.logaddexp(log_eps, jax.nn.log_sigmoid(pos)) +
+              jnp.logaddexp(log_eps, jax.nn.log_sigmoid(-neg)))
   return jnp.sum(jnp.where(real, per_row, 0.0))
 
 
@@ -178,7 +183,7 @@ class S2DHCN(nn.Module):
     seq = x_h[click_items] * mask[..., None]
     theta_h = self.readout(seq, mask, batch.lengths)
     aux: Optional[dict] = None
-    if not deterministic:
+    if not deterministic and cfg.s2dhcn_beta > 0:  # beta = 0: plain cross-entropy
       aux = {"s2dhcn_ssl": cfg.s2dhcn_beta * self.self_supervised_loss(batch, theta_h,
                                                                        self.make_rng("dropout"))}
     return SBROutput(x_h, x_h[graph.nodes], seq, last_click(seq, batch.lengths), theta_h,

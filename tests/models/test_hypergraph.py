@@ -11,7 +11,7 @@ import pytest
 
 from sbrjax.data import item_graphs
 from sbrjax.models.backbone import GlobalGraph, SBRConfig
-from sbrjax.models.hypergraph import corrupt
+from sbrjax.models.hypergraph import corrupt, ssl_loss
 from sbrjax.models.sbr import create_model
 from sbrjax.sbr import train as train_sbr
 from tests.models import graph_fixtures as fx
@@ -101,6 +101,10 @@ def test_s2dhcn_matches_numpy_equations(form, mix):
     np.testing.assert_allclose(out.global_[i], theta, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.logits[i], x_h @ theta, rtol=1e-5, atol=1e-5)
   assert out.aux_losses is None  # evaluation: no self-supervised loss
+  no_ssl = create_model(config(form, s2dhcn_layer_mix=mix, s2dhcn_beta=0.0))
+  train = no_ssl.apply({"params": params}, fx.batch_of(np.arange(len(fx.SESSIONS)), fx.BATCH),
+                       deterministic=False, rngs={"dropout": jax.random.key(0)})
+  assert train.aux_losses is None  # beta = 0 trains on the cross-entropy alone
 
 
 def test_dense_and_coo_operators_give_the_same_model():
@@ -138,6 +142,25 @@ def test_line_graph_channel_and_self_supervised_loss_match_numpy():
   corrupted = np.asarray(out.final, np.float64)[rows][:, cols][:n]
   want = 0.5 * np_ssl(theta_h, theta_l, corrupted)  # beta = 0.5
   np.testing.assert_allclose(out.aux_losses["s2dhcn_ssl"], want, rtol=1e-5)
+
+
+def test_self_supervised_loss_stays_finite_under_jit_when_the_scores_saturate():
+  # pos very negative / neg very positive: the reference's 1e-8 caps each term at
+  # -log(1e-8) = 18.42. Written as log(1e-8 + (1 - sigmoid(neg))), jit folded the 1e-8
+  # away (1e-8 + 1 == 1 in float32) and returned inf, with NaN gradients.
+  theta_h = jnp.array([[-10.0, 0.0], [0.5, 0.2], [1.0, 1.0]])
+  theta_l = jnp.array([[10.0, 0.0], [0.3, -0.1], [0.0, 0.0]])
+  corrupted = jnp.array([[10.0, 0.0], [0.1, 0.4], [0.0, 0.0]])
+  real = jnp.array([True, True, False])
+  h, l, c = (np.asarray(x, np.float64)[:2] for x in (theta_h, theta_l, corrupted))
+  want = np_ssl(h, l, c)
+  loss = jax.jit(ssl_loss)(theta_h, theta_l, corrupted, real)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  assert want > 2 * 18.4  # both saturated terms of row 0 at the cap
+  grads = jax.jit(jax.grad(lambda a, b, c: 0.0 * ssl_loss(a, b, c, real), argnums=(0, 1, 2)))(
+      theta_h, theta_l, corrupted)
+  for g in grads:
+    assert np.isfinite(np.asarray(g)).all()
 
 
 def test_per_session_outputs_ignore_the_batch_but_the_line_graph_does_not():
