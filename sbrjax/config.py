@@ -92,7 +92,7 @@ def base_config(locked: bool = True) -> ml_collections.ConfigDict:
   sbr.gcegnn_dropout_gcn = 0.0      # inside the global aggregator
   # S2-DHCN (reference defaults): hypergraph of the training split + line-graph SSL loss.
   sbr.s2dhcn_layers = 3
-  sbr.s2dhcn_beta = 0.01            # weight of the self-supervised loss
+  sbr.s2dhcn_beta = 0.01            # SSL weight; L_S is a batch sum: 0.01 at batch 100 (reference), x 100/batch
   sbr.s2dhcn_hyperedges = "sessions"  # "sessions" (paper) | "examples" (reference code: prefixes)
   sbr.s2dhcn_layer_mix = "mean"      # "mean" (paper eqs. 3, 8) | "sum" (reference code)
   # HCGR (a reconstruction, see sbrjax/models/hcgr.py): Lorentz model, contrastive term.
