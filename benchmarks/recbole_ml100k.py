@@ -88,7 +88,9 @@ def main(argv=None):
   torch.load = lambda *a, **k: _load(*a, **{"weights_only": False, **k})
   data_path = os.path.join(os.path.dirname(recbole.__file__), "dataset_example")
   for model in args.models:
+    cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
+      os.chdir(tmp)  # RecBole writes log/ and log_tensorboard/ into the working directory
       config = {
           "data_path": data_path, "checkpoint_dir": tmp, "seed": args.seed,
           "reproducibility": True, "show_progress": False, "save_dataset": False,
@@ -115,6 +117,7 @@ def main(argv=None):
                         "best_valid": {k: float(v) for k, v in out["best_valid_result"].items()},
                         "test": {k: float(v) for k, v in out["test_result"].items()}}),
             flush=True)
+      os.chdir(cwd)
 
 
 if __name__ == "__main__":
