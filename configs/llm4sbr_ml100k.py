@@ -17,7 +17,8 @@ split sizes now follow the paper's int(0.9 n), moving one session to test).
 Stated reductions (SmolLM2 greedy decoding, float32, batch 32, makes ~1.3
 intents/s on the 2-core development CPU with these prompts: 1.28 in the quiet
 benchmark, 1.30 over the README's 68-minute run for the 5,304 intents, whose
-first 18 minutes shared the CPU):
+first 18 minutes shared the CPU; a later, about twice as fast machine of the same
+2-core kind made 3.26 in the benchmark and 3.69 over a whole regeneration):
   * prompts list the 5 most recent clicks (the paper lists the whole session);
   * at most 16 new tokens per intent (an item title).
 llm4sbr.variant=backbone trains plain SR-GNN on the same rows (the comparison
