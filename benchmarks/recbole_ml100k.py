@@ -29,6 +29,7 @@ requires (so that row is not the same loss as sbrjax's FPMC).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -89,37 +90,33 @@ def main(argv=None):
   torch.load = lambda *a, **k: _load(*a, **{"weights_only": False, **k})
   data_path = os.path.join(os.path.dirname(recbole.__file__), "dataset_example")
   for model in args.models:
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-      os.chdir(tmp)  # RecBole writes log/ and log_tensorboard/ into the working directory
-      try:
-        config = {
-            "data_path": data_path, "checkpoint_dir": tmp, "seed": args.seed,
-            "reproducibility": True, "show_progress": False, "save_dataset": False,
-            "user_inter_num_interval": "[5,inf)", "item_inter_num_interval": "[5,inf)",
-            "MAX_ITEM_LIST_LENGTH": 50,
-            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full",
-                          "group_by": "user"},
-            "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 20],
-            "valid_metric": "NDCG@10", "epochs": args.epochs, "stopping_step": 5,
-            "train_batch_size": 1024, "eval_batch_size": 4096, "learning_rate": 1e-3,
-            "embedding_size": 64, "hidden_size": 64, "dropout_prob": 0.3,
-            "train_neg_sample_args": None if model != "FPMC" else
-            {"distribution": "uniform", "sample_num": 1},
-            "loss_type": "BPR" if model == "FPMC" else "CE",
-        }
-        config.update(MODEL_OVERRIDES.get(model, {}))
-        t0 = time.perf_counter()
-        out = run(model, config, Config, create_dataset, data_preparation, get_model,
-                  get_trainer, init_logger, init_seed)
-        print(json.dumps({
-            "model": model, "seed": args.seed, "recbole": recbole.__version__,
-            "wall_seconds": round(time.perf_counter() - t0, 1),
-            "users": out["users"], "items": out["items"], "interactions": out["interactions"],
-            "best_valid": {k: float(v) for k, v in out["best_valid_result"].items()},
-            "test": {k: float(v) for k, v in out["test_result"].items()}}), flush=True)
-      finally:
-        os.chdir(cwd)
+    config = {
+        "data_path": data_path, "seed": args.seed,
+        "reproducibility": True, "show_progress": False, "save_dataset": False,
+        "user_inter_num_interval": "[5,inf)", "item_inter_num_interval": "[5,inf)",
+        "MAX_ITEM_LIST_LENGTH": 50,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full",
+                      "group_by": "user"},
+        "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 20],
+        "valid_metric": "NDCG@10", "epochs": args.epochs, "stopping_step": 5,
+        "train_batch_size": 1024, "eval_batch_size": 4096, "learning_rate": 1e-3,
+        "embedding_size": 64, "hidden_size": 64, "dropout_prob": 0.3,
+        "train_neg_sample_args": None if model != "FPMC" else
+        {"distribution": "uniform", "sample_num": 1},
+        "loss_type": "BPR" if model == "FPMC" else "CE",
+        **MODEL_OVERRIDES.get(model, {}),
+    }
+    # RecBole writes log/ and log_tensorboard/ into the working directory.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+      t0 = time.perf_counter()
+      out = run(model, {**config, "checkpoint_dir": tmp}, Config, create_dataset,
+                data_preparation, get_model, get_trainer, init_logger, init_seed)
+    print(json.dumps({
+        "model": model, "seed": args.seed, "recbole": recbole.__version__,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "users": out["users"], "items": out["items"], "interactions": out["interactions"],
+        "best_valid": {k: float(v) for k, v in out["best_valid_result"].items()},
+        "test": {k: float(v) for k, v in out["test_result"].items()}}), flush=True)
 
 
 if __name__ == "__main__":
