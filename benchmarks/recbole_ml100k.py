@@ -6,12 +6,13 @@ filter to a fixed point), each user's clicks in time order, leave-one-out
 (last click test, second-last validation), every prefix a training example,
 inputs cut to the most recent 50 clicks (5 for Caser, its L; see
 MODEL_OVERRIDES), full ranking of every item. This
-script runs RecBole's own implementations of the sequence baselines with the
-settings of ``configs/sbr_ml100k_base.py`` (d = 64, batch 1024, Adam 1e-3,
-dropout 0.3, at most 30 epochs, early stopping with patience 5, here on full
-NDCG@10 of the validation split since RecBole has no sampled metric in this
-mode) and prints one JSON object per model with its full-ranking test
-metrics, so they can be read beside sbrjax's "full" rows.
+script runs RecBole's own implementations of the sequence baselines, and of
+SR-GNN and GC-SAN (which RecBole 1.2.1 also ships), with the settings of
+``configs/sbr_ml100k_base.py`` (d = 64, batch 1024, Adam 1e-3, dropout 0.3,
+at most 30 epochs, early stopping with patience 5, here on full NDCG@10 of the
+validation split since RecBole has no sampled metric in this mode) and prints
+one JSON object per model with its full-ranking test metrics, so they can be
+read beside sbrjax's "full" rows.
 
 RecBole needs PyTorch, which sbrjax does not; run it in a venv of its own
 (CPU wheels, no CUDA download; the ml-100k files ship inside the wheel):
@@ -20,6 +21,7 @@ RecBole needs PyTorch, which sbrjax does not; run it in a venv of its own
         pandas tqdm colorlog==4.7.2 colorama==0.4.4 scikit-learn pyyaml tensorboard thop \\
         tabulate texttable psutil plotly && /tmp/rb/bin/pip install --no-deps recbole==1.2.1
     /tmp/rb/bin/python benchmarks/recbole_ml100k.py --models GRU4Rec NARM STAMP Caser FPMC
+    /tmp/rb/bin/python benchmarks/recbole_ml100k.py --models SRGNN GCSAN   # the graph models
 
 (``--no-deps`` skips RecBole's pin of an old ``ray``, used only by its
 hyper-parameter search.) Each model's loss is RecBole's default for it:
@@ -43,7 +45,16 @@ import time
 # length, so the Caser run reads the paper's L = 5 most recent clicks with the
 # paper's n_h = 16, n_v = 4, as configs/caser_ml100k.py does. RecBole's own L2
 # term (reg_weight 1e-4 on the convolution and dense weights) is kept.
-MODEL_OVERRIDES = {"Caser": {"MAX_ITEM_LIST_LENGTH": 5, "nh": 16, "nv": 4}}
+# GC-SAN: RecBole's defaults (2 blocks, 2 heads, FFN 256 with GELU, dropout
+# 0.5) set to the architecture of sbrjax's GC-SAN (sbr.gcsan_*: one block, one
+# head, a ReLU FFN as wide as d, weight 0.6) with the baseline settings'
+# dropout 0.3 on attention and FFN. RecBole's own L2 term (reg_weight 5e-5 on the
+# item table) is kept. SR-GNN: RecBole's defaults (one GNN step) are sbrjax's.
+MODEL_OVERRIDES = {
+    "Caser": {"MAX_ITEM_LIST_LENGTH": 5, "nh": 16, "nv": 4},
+    "GCSAN": {"n_layers": 1, "n_heads": 1, "inner_size": 64, "hidden_act": "relu",
+              "hidden_dropout_prob": 0.3, "attn_dropout_prob": 0.3, "weight": 0.6},
+}
 
 
 def run(model, config_dict, Config, create_dataset, data_preparation, get_model, get_trainer,
@@ -69,7 +80,7 @@ def run(model, config_dict, Config, create_dataset, data_preparation, get_model,
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", nargs="+", default=["GRU4Rec", "NARM", "STAMP", "Caser",
-                                                       "FPMC"])
+                                                       "FPMC", "SRGNN", "GCSAN"])
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--epochs", type=int, default=30)
   parser.add_argument("--threads", type=int, default=1)
