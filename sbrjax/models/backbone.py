@@ -110,6 +110,10 @@ class SBRConfig:
     gcsan_ffn_dim: inner width of the point-wise FFN (None: ``embed_dim``).
     gcsan_dropout: dropout on attention probabilities and FFN outputs.
     gcsan_weight: w in ``final = w * attn_last + (1 - w) * last_click``.
+    gcsan_block: "paper" (eqs. 6-7: no output projection, no LayerNorm) or
+      "bert" (beyond the paper: RecBole's post-LayerNorm BERT layer).
+    gcsan_init: "paper" (SR-GNN's uniform init) or "normal" (beyond the
+      paper: RecBole's N(0, 0.02) weights and zero biases).
     niser_scale: NISER's scale sigma on the cosine logits.
     niser_max_len: number of NISER+ position embeddings; batches must have
       ``max_len <= niser_max_len``.
@@ -161,6 +165,8 @@ class SBRConfig:
   gcsan_ffn_dim: Optional[int] = None
   gcsan_dropout: float = 0.0
   gcsan_weight: float = 0.6
+  gcsan_block: str = "paper"
+  gcsan_init: str = "paper"
   niser_scale: float = 12.0
   niser_max_len: int = 50
   tagnn_item_chunk: int = 0

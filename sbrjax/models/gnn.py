@@ -37,7 +37,7 @@ step-by-step form, which the tests keep as the reference.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -102,11 +102,12 @@ class AffineParams(nn.Module):
   features: int
   use_bias: bool
   init: Callable[..., jax.Array]
+  bias_init: Optional[Callable[..., jax.Array]] = None  # None: ``init``
 
   @nn.compact
   def __call__(self, in_features: int):
     kernel = self.param("kernel", self.init, (in_features, self.features))
-    bias = (self.param("bias", self.init, (self.features,))
+    bias = (self.param("bias", self.bias_init or self.init, (self.features,))
             if self.use_bias else None)
     return kernel, bias
 
@@ -117,19 +118,25 @@ class GatedGNN(nn.Module):
   Attributes:
     hidden: node state width D.
     steps: number of propagation steps (weights shared across steps).
+    edge_init_std: 0 gives every weight SR-GNN's U(-1/sqrt(D), 1/sqrt(D));
+      > 0 gives the edge layers (H_in, H_out) N(0, std) kernels and zero
+      biases instead, as RecBole's GC-SAN initialises its ``nn.Linear`` layers.
     dtype: computation dtype.
   """
 
   hidden: int
   steps: int = 1
+  edge_init_std: float = 0.0
   dtype: Any = jnp.float32
 
   def setup(self):
     init = uniform_init(1.0 / self.hidden**0.5)
     dense = lambda n, bias: nn.Dense(  # pylint: disable=g-long-lambda
         n, use_bias=bias, dtype=self.dtype, kernel_init=init, bias_init=init)
-    self.edge_in = AffineParams(self.hidden, True, init)  # H_in, b_in
-    self.edge_out = AffineParams(self.hidden, True, init)  # H_out, b_out
+    edge = ((init, init) if not self.edge_init_std else
+            (nn.initializers.normal(self.edge_init_std), nn.initializers.zeros))
+    self.edge_in = AffineParams(self.hidden, True, *edge)  # H_in, b_in
+    self.edge_out = AffineParams(self.hidden, True, *edge)  # H_out, b_out
     # [W_z; W_r; W_o] and their biases.
     self.input_gates = AffineParams(3 * self.hidden, True, init)
     self.state_gates = dense(2 * self.hidden, False)  # [U_z; U_r]

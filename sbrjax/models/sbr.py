@@ -48,31 +48,61 @@ from sbrjax.models.readouts import SoftAttentionReadout
 BACKBONES = ("srgnn", "gcsan", "niser", "tagnn", "gcegnn", "s2dhcn", "hcgr") + sequence.BACKBONES
 
 
-class SelfAttentionBlock(nn.Module):
-  """GC-SAN block (eqs. 6-7): F = Attn(H), E = FFN(F) + F.
+GCSAN_BLOCKS = ("paper", "bert")
+GCSAN_INITS = ("paper", "normal")
+# RecBole's GC-SAN: nn.Linear / nn.Embedding weights N(0, 0.02), biases 0, LayerNorm eps 1e-12.
+RECBOLE_INIT_STD = 0.02
+RECBOLE_LN_EPS = 1e-12
 
-  Heads split D into ``heads`` parts of ``D / heads`` each and are
-  concatenated back without an output projection (the paper's single-head
-  eq. 6 has none; the FFN mixes the heads). Attention is left-to-right
-  (a click sees itself and earlier clicks), as in RecBole's GC-SAN.
+
+class SelfAttentionBlock(nn.Module):
+  """GC-SAN block.
+
+  ``style="paper"`` (eqs. 6-7): F = Attn(H), E = FFN(F) + F. Heads split D
+  into ``heads`` parts of ``D / heads`` each and are concatenated back without
+  an output projection (the paper's single-head eq. 6 has none; the FFN mixes
+  the heads); Q/K/V have no biases.
+
+  ``style="bert"`` (beyond the paper: RecBole's ``TransformerLayer``, a
+  post-LayerNorm BERT layer): Q/K/V with biases, an output projection,
+  F = LN(H + Dropout(Attn(H) W_O + b_O)), E = LN(F + Dropout(FFN(F))).
+
+  Attention is left-to-right in both (a click sees itself and earlier
+  clicks), as in RecBole's GC-SAN. ``init_std`` > 0 draws every kernel from
+  N(0, init_std) with zero biases (RecBole's init); 0 is SR-GNN's uniform.
   """
 
   dim: int
   heads: int
   ffn_dim: int
   dropout: float
+  style: str = "paper"
+  init_std: float = 0.0
   dtype: Any = jnp.float32
+
+  def _dense(self, features, in_features, name, use_bias=True):
+    if not self.init_std:
+      return _dense(features, in_features, self.dtype, use_bias=use_bias, name=name)
+    return nn.Dense(features, use_bias=use_bias, dtype=self.dtype,
+                    kernel_init=nn.initializers.normal(self.init_std),
+                    bias_init=nn.initializers.zeros, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, *,
                deterministic: bool) -> jax.Array:
     b, l, _ = x.shape
     head_dim = self.dim // self.heads
-    init = uniform_init(1.0 / self.dim**0.5)
+    bert = self.style == "bert"
+    if self.init_std:
+      kernel_init = nn.initializers.normal(self.init_std)
+      bias_init = nn.initializers.zeros
+    else:
+      kernel_init = bias_init = uniform_init(1.0 / self.dim**0.5)
 
     def proj(name):
-      return nn.DenseGeneral((self.heads, head_dim), use_bias=False,
-                             dtype=self.dtype, kernel_init=init, name=name)(x)
+      return nn.DenseGeneral((self.heads, head_dim), use_bias=bert,
+                             dtype=self.dtype, kernel_init=kernel_init,
+                             bias_init=bias_init, name=name)(x)
 
     q, k, v = proj("query"), proj("key"), proj("value")  # [B, L, H, K]
     logits = jnp.einsum("bqhk,bshk->bhqs", q, k) / jnp.sqrt(
@@ -80,23 +110,46 @@ class SelfAttentionBlock(nn.Module):
     probs = masked_softmax(logits, mask[:, None, :, :])
     probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
     f = jnp.einsum("bhqs,bshk->bqhk", probs, v).reshape(b, l, self.dim)
-    y = nn.relu(_dense(self.ffn_dim, self.dim, self.dtype, name="ffn_in")(f))
-    y = _dense(self.dim, self.ffn_dim, self.dtype, name="ffn_out")(y)
+    if bert:
+      f = self._dense(self.dim, self.dim, "output")(f)
+      f = nn.Dropout(self.dropout)(f, deterministic=deterministic)
+      f = nn.LayerNorm(RECBOLE_LN_EPS, dtype=self.dtype, name="attn_norm")(f + x)
+    y = nn.relu(self._dense(self.ffn_dim, self.dim, "ffn_in")(f))
+    y = self._dense(self.dim, self.ffn_dim, "ffn_out")(y)
     y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    if bert:
+      return nn.LayerNorm(RECBOLE_LN_EPS, dtype=self.dtype, name="ffn_norm")(y + f)
     return y + f
 
 
+def check_gcsan_options(cfg: SBRConfig) -> None:
+  """Clear errors for GC-SAN's named options (``config.sbr.gcsan_*``)."""
+  if cfg.gcsan_block not in GCSAN_BLOCKS:
+    raise ValueError(f"config.sbr.gcsan_block={cfg.gcsan_block!r} is not supported; choose "
+                     f"one of {', '.join(GCSAN_BLOCKS)} (paper = the paper's eqs. 6-7).")
+  if cfg.gcsan_init not in GCSAN_INITS:
+    raise ValueError(f"config.sbr.gcsan_init={cfg.gcsan_init!r} is not supported; choose "
+                     f"one of {', '.join(GCSAN_INITS)} (paper = SR-GNN's uniform init).")
+
+
 class _GraphEncoder(nn.Module):
-  """Item table + gated GNN + click-order gather, shared by the backbones."""
+  """Item table + gated GNN + click-order gather, shared by the backbones.
+
+  ``init_std`` > 0 draws the item table and the GNN's edge layers from
+  N(0, init_std) (RecBole's GC-SAN); 0 keeps SR-GNN's uniform init.
+  """
 
   cfg: SBRConfig
+  init_std: float = 0.0
 
   def setup(self):
     cfg = self.cfg
+    table_init = (nn.initializers.normal(self.init_std) if self.init_std else
+                  uniform_init(1.0 / cfg.embed_dim**0.5))
     self.item_embedding = nn.Embed(
-        cfg.num_items, cfg.embed_dim, dtype=cfg.dtype,
-        embedding_init=uniform_init(1.0 / cfg.embed_dim**0.5))
-    self.gnn = GatedGNN(cfg.embed_dim, cfg.gnn_steps, dtype=cfg.dtype)
+        cfg.num_items, cfg.embed_dim, dtype=cfg.dtype, embedding_init=table_init)
+    self.gnn = GatedGNN(cfg.embed_dim, cfg.gnn_steps, edge_init_std=self.init_std,
+                        dtype=cfg.dtype)
     self.embed_dropout = nn.Dropout(cfg.dropout)
 
   def __call__(self, batch, *, deterministic: bool, normalize: bool = False):
@@ -146,7 +199,12 @@ class SRGNN(nn.Module):
 
 
 class GCSAN(nn.Module):
-  """GC-SAN (Xu et al., IJCAI 2019): gated GNN + self-attention blocks."""
+  """GC-SAN (Xu et al., IJCAI 2019): gated GNN + self-attention blocks.
+
+  ``gcsan_block`` / ``gcsan_init`` = "bert" / "normal" (beyond the paper)
+  give RecBole 1.2.1's GC-SAN: post-LayerNorm BERT layers and N(0, 0.02)
+  weights (item table, the GNN's edge layers, every attention/FFN layer).
+  """
 
   cfg: SBRConfig
 
@@ -155,11 +213,14 @@ class GCSAN(nn.Module):
     if cfg.embed_dim % cfg.gcsan_heads:
       raise ValueError(f"SBRConfig.gcsan_heads={cfg.gcsan_heads} must divide "
                        f"embed_dim={cfg.embed_dim}")
-    self.encoder = _GraphEncoder(cfg)
+    check_gcsan_options(cfg)
+    std = RECBOLE_INIT_STD if cfg.gcsan_init == "normal" else 0.0
+    self.encoder = _GraphEncoder(cfg, init_std=std)
     self.blocks = [
         SelfAttentionBlock(cfg.embed_dim, cfg.gcsan_heads,
                            cfg.gcsan_ffn_dim or cfg.embed_dim,
-                           cfg.gcsan_dropout, dtype=cfg.dtype)
+                           cfg.gcsan_dropout, style=cfg.gcsan_block,
+                           init_std=std, dtype=cfg.dtype)
         for _ in range(cfg.gcsan_blocks)
     ]
 

@@ -209,6 +209,71 @@ def test_gcsan_attention_block_matches_numpy():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_gcsan_bert_block_matches_torch_post_ln_layer():
+  """gcsan_block="bert" is RecBole's TransformerLayer, i.e. PyTorch's post-LN
+  nn.TransformerEncoderLayer (ReLU, causal mask) with sbrjax's weights."""
+  torch = pytest.importorskip("torch")
+  batch = make_batch(GRAPHS, np.arange(len(SESSIONS)), 8)
+  model, params = init("gcsan", batch, gcsan_heads=2, gcsan_blocks=2,
+                       gcsan_block="bert", gcsan_init="normal")
+  # Non-trivial LayerNorm affine parameters, so both norms are exercised.
+  rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, a: a + rng.normal(0, 0.1, a.shape).astype(a.dtype)
+      if "norm" in jax.tree_util.keystr(path) else a, params)
+  out = model.apply({"params": params}, batch)
+  d = 8
+  t = lambda a: torch.tensor(np.asarray(a, np.float64))
+  layers = []
+  for name in ("blocks_0", "blocks_1"):
+    p = params[name]
+    layer = torch.nn.TransformerEncoderLayer(
+        d, 2, dim_feedforward=d, dropout=0.0, activation="relu",
+        layer_norm_eps=1e-12, batch_first=True, norm_first=False).double().eval()
+    with torch.no_grad():
+      attn = layer.self_attn
+      attn.in_proj_weight.copy_(torch.cat([t(p[k]["kernel"]).reshape(d, d).T
+                                           for k in ("query", "key", "value")]))
+      attn.in_proj_bias.copy_(torch.cat([t(p[k]["bias"]).reshape(d)
+                                         for k in ("query", "key", "value")]))
+      attn.out_proj.weight.copy_(t(p["output"]["kernel"]).T)
+      attn.out_proj.bias.copy_(t(p["output"]["bias"]))
+      for lin, key in ((layer.linear1, "ffn_in"), (layer.linear2, "ffn_out")):
+        lin.weight.copy_(t(p[key]["kernel"]).T)
+        lin.bias.copy_(t(p[key]["bias"]))
+      for norm, key in ((layer.norm1, "attn_norm"), (layer.norm2, "ffn_norm")):
+        norm.weight.copy_(t(p[key]["scale"]))
+        norm.bias.copy_(t(p[key]["bias"]))
+    layers.append(layer)
+  for i in range(len(SESSIONS)):
+    n = GRAPHS.lengths[i]
+    x = t(out.seq_states[i, :n])[None]
+    causal = torch.triu(torch.ones(n, n, dtype=torch.bool), 1)
+    with torch.no_grad():
+      for layer in layers:
+        x = layer(x, src_mask=causal)
+    np.testing.assert_allclose(out.global_[i], x[0, n - 1].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_gcsan_init_options():
+  batch = make_batch(GRAPHS, np.arange(len(SESSIONS)), 8)
+  _, paper = init("gcsan", batch, embed_dim=64)
+  _, normal = init("gcsan", batch, embed_dim=64, gcsan_init="normal")
+  bound = 1 / 8
+  for leaf in jax.tree.leaves(paper):  # SR-GNN's U(-1/sqrt(D), 1/sqrt(D)) everywhere
+    assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > bound / 2
+  table = normal["encoder"]["item_embedding"]["embedding"]
+  assert 0.015 < np.std(table) < 0.025  # N(0, 0.02), 13 x 64 draws
+  for layer in ("edge_in", "edge_out"):
+    assert 0.015 < np.std(normal["encoder"]["gnn"][layer]["kernel"]) < 0.025
+    np.testing.assert_array_equal(normal["encoder"]["gnn"][layer]["bias"], 0)
+  for layer in ("ffn_in", "ffn_out"):
+    np.testing.assert_array_equal(normal["blocks_0"][layer]["bias"], 0)
+  # The GRU gates keep SR-GNN's uniform init, as in RecBole's GC-SAN.
+  np.testing.assert_array_equal(normal["encoder"]["gnn"]["input_gates"]["kernel"],
+                                paper["encoder"]["gnn"]["input_gates"]["kernel"])
+
+
 def test_niser_adds_position_embeddings_in_click_order():
   batch = make_batch(GRAPHS, np.arange(len(SESSIONS)), 8)
   model, params = init("niser", batch)
@@ -296,6 +361,10 @@ def test_unknown_backbone_and_bad_configs_raise():
   batch = make_batch(GRAPHS, np.arange(2), 2)
   with pytest.raises(ValueError, match="gcsan_heads"):
     create_model(config("gcsan", gcsan_heads=3)).init(jax.random.key(0), batch)
+  with pytest.raises(ValueError, match=r"config.sbr.gcsan_block='post_ln'.*choose one of paper, bert"):
+    create_model(config("gcsan", gcsan_block="post_ln")).init(jax.random.key(0), batch)
+  with pytest.raises(ValueError, match=r"config.sbr.gcsan_init='xavier'.*choose one of paper, normal"):
+    create_model(config("gcsan", gcsan_init="xavier")).init(jax.random.key(0), batch)
   with pytest.raises(ValueError, match="niser_max_len"):
     create_model(config("niser", niser_max_len=MAX_LEN - 1)).init(
         jax.random.key(0), batch)
