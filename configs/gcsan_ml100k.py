@@ -11,6 +11,11 @@ def get_config():
   config.sbr.gcsan_heads = 1
   config.sbr.gcsan_weight = 0.6
   config.sbr.gcsan_dropout = 0.2
+  # Beyond the paper, RecBole 1.2.1's GC-SAN (post-LayerNorm BERT layers, N(0, 0.02) weights;
+  # README "SR-GNN and GC-SAN against RecBole"):
+  #   --config.sbr.gcsan_block=bert --config.sbr.gcsan_init=normal
+  config.sbr.gcsan_block = "paper"
+  config.sbr.gcsan_init = "paper"
   config.train.batch_size = 256
   config.train.epochs = 9               # covers the lr schedule 1e-3, 1e-4, 1e-5
   config.train.patience = 2

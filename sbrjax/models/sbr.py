@@ -80,7 +80,7 @@ class SelfAttentionBlock(nn.Module):
   init_std: float = 0.0
   dtype: Any = jnp.float32
 
-  def _dense(self, features, in_features, name, use_bias=True):
+  def _layer(self, features, in_features, name, use_bias=True):
     if not self.init_std:
       return _dense(features, in_features, self.dtype, use_bias=use_bias, name=name)
     return nn.Dense(features, use_bias=use_bias, dtype=self.dtype,
@@ -111,14 +111,14 @@ class SelfAttentionBlock(nn.Module):
     probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
     f = jnp.einsum("bhqs,bshk->bqhk", probs, v).reshape(b, l, self.dim)
     if bert:
-      f = self._dense(self.dim, self.dim, "output")(f)
+      f = self._layer(self.dim, self.dim, "output")(f)
       f = nn.Dropout(self.dropout)(f, deterministic=deterministic)
-      f = nn.LayerNorm(RECBOLE_LN_EPS, dtype=self.dtype, name="attn_norm")(f + x)
-    y = nn.relu(self._dense(self.ffn_dim, self.dim, "ffn_in")(f))
-    y = self._dense(self.dim, self.ffn_dim, "ffn_out")(y)
+      f = nn.LayerNorm(epsilon=RECBOLE_LN_EPS, dtype=self.dtype, name="attn_norm")(f + x)
+    y = nn.relu(self._layer(self.ffn_dim, self.dim, "ffn_in")(f))
+    y = self._layer(self.dim, self.ffn_dim, "ffn_out")(y)
     y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
     if bert:
-      return nn.LayerNorm(RECBOLE_LN_EPS, dtype=self.dtype, name="ffn_norm")(y + f)
+      return nn.LayerNorm(epsilon=RECBOLE_LN_EPS, dtype=self.dtype, name="ffn_norm")(y + f)
     return y + f
 
 
