@@ -80,12 +80,19 @@ class SelfAttentionBlock(nn.Module):
   init_std: float = 0.0
   dtype: Any = jnp.float32
 
-  def _layer(self, features, in_features, name, use_bias=True):
+  def _inits(self):
+    """(kernel_init, bias_init): RecBole's N(0, init_std) and 0, or SR-GNN's uniform."""
+    if self.init_std:
+      return nn.initializers.normal(self.init_std), nn.initializers.zeros
+    uniform = uniform_init(1.0 / self.dim**0.5)
+    return uniform, uniform
+
+  def _layer(self, features, in_features, name):
     if not self.init_std:
-      return _dense(features, in_features, self.dtype, use_bias=use_bias, name=name)
-    return nn.Dense(features, use_bias=use_bias, dtype=self.dtype,
-                    kernel_init=nn.initializers.normal(self.init_std),
-                    bias_init=nn.initializers.zeros, name=name)
+      return _dense(features, in_features, self.dtype, name=name)
+    kernel_init, bias_init = self._inits()
+    return nn.Dense(features, dtype=self.dtype, kernel_init=kernel_init,
+                    bias_init=bias_init, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, *,
@@ -93,11 +100,7 @@ class SelfAttentionBlock(nn.Module):
     b, l, _ = x.shape
     head_dim = self.dim // self.heads
     bert = self.style == "bert"
-    if self.init_std:
-      kernel_init = nn.initializers.normal(self.init_std)
-      bias_init = nn.initializers.zeros
-    else:
-      kernel_init = bias_init = uniform_init(1.0 / self.dim**0.5)
+    kernel_init, bias_init = self._inits()
 
     def proj(name):
       return nn.DenseGeneral((self.heads, head_dim), use_bias=bert,
