@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Two local CPU processes joined by jax.distributed over 127.0.0.1, each with
 # DEVICES_PER_PROCESS simulated devices: a laptop rehearsal of a multi-host run.
+# EXTRA_XLA_FLAGS are appended to the device-count flag.
 #
 #   launch/two_process_cpu.sh CONFIG WORKDIR [--config.x=y ...]
 #
@@ -22,7 +23,7 @@ PORT=${PORT:-$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.
 mkdir -p "$WORKDIR"
 
 export JAX_PLATFORMS=cpu
-export XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS"
+export XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS ${EXTRA_XLA_FLAGS:-}"
 export SBRJAX_COORDINATOR_ADDRESS="127.0.0.1:$PORT"
 export SBRJAX_NUM_PROCESSES=2
 

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from tests import conftest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -27,6 +29,7 @@ def test_two_process_run_of_tiny_llmgr_matches_one_process(tiny_raw_dir, tiny_ll
            f"--config.llmgr.sbr_checkpoint={os.path.join(one_dir, 'sbr_pretrain')}"]
   env = dict(os.environ, PYTHON=sys.executable, DEVICES_PER_PROCESS="1")
   env.pop("XLA_FLAGS", None)
+  env["EXTRA_XLA_FLAGS"] = conftest.TEST_XLA_FLAGS  # compiled as the reference run was
   two = subprocess.run(["bash", "launch/two_process_cpu.sh", "configs/llmgr_tiny.py",
                         str(tmp_path / "two"), *llmgr], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=900)
