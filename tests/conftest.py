@@ -7,16 +7,18 @@ run, each resumed or second process), and a cache hit skips XLA. Entries are
 keyed by the program, the compile options and the JAX version, so they
 cannot serve a changed program. ``SBRJAX_TEST_JAX_CACHE=0`` turns it off.
 
-And compiles with LLVM at -O0 (``--xla_backend_optimization_level=0``, in
-``XLA_FLAGS``, which the subprocesses inherit): the suite is dominated by
-compiling tiny programs it runs once or twice, and on the 2-core machine -O0
-cuts the tiny LLMGR train step's compile about 3x (10.8 s -> 3.7 s). XLA's
-HLO passes still run; results agree with the default build to float32
-rounding, not bit for bit (the tiny LLMGR's loss after two steps: 3.7078147
-at the default, 3.7078145 at -O0), so every comparison a test makes is
-between programs built the same way or against a tolerance. Generated loops
-run slower, so real training and benchmarks keep the default.
-``SBRJAX_TEST_XLA_O0=0`` compiles the tests as production does.
+``SUBPROCESS_XLA_FLAGS`` compiles the multi-device subprocess tests
+(simulated devices, two local processes) with LLVM at -O0
+(``--xla_backend_optimization_level=0``): they compile tiny LLMGR steps for
+several meshes and run each once or twice, and -O0 cuts the tiny LLMGR train
+step's compile about 3x (10.8 s -> 3.7 s on the slower 2-core machine kind;
+test_parallel's worker 191 s -> 93 s on one core). XLA's HLO passes still
+run; results agree with the default build to float32 rounding, not bit for
+bit (the tiny LLMGR's loss after two steps: 3.7078147 vs 3.7078145), and
+every such test compares against a tolerance. The test process itself keeps
+the default: applied suite-wide, -O0 saved as much compile time as it cost in
+slower generated loops (pytest 826 s vs 820 s). ``SBRJAX_TEST_XLA_O0=0``
+turns it off.
 """
 
 import os
@@ -25,11 +27,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.environ.get("SBRJAX_TEST_JAX_CACHE", "1") != "0":
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_REPO, ".jax_test_cache"))
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-TEST_XLA_FLAGS = ""
-if os.environ.get("SBRJAX_TEST_XLA_O0", "1") != "0":
-  TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-  if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+SUBPROCESS_XLA_FLAGS = ("--xla_backend_optimization_level=0"
+                        if os.environ.get("SBRJAX_TEST_XLA_O0", "1") != "0" else "")
 
 import pytest
 

@@ -146,11 +146,13 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def _cpu_env(num_cpu_devices: int, extra: Optional[Mapping[str, str]]):
+def _cpu_env(num_cpu_devices: int, extra: Optional[Mapping[str, str]],
+             xla_flags: str = ""):
   env = dict(os.environ)
   flags = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
   flags.append(f"--xla_force_host_platform_device_count={num_cpu_devices}")
+  flags.extend(xla_flags.split())
   env["XLA_FLAGS"] = " ".join(flags)
   env["JAX_PLATFORMS"] = "cpu"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,11 +171,12 @@ def _last_json(out: str, err: str, what: str) -> Any:
 
 
 def run_python(code: str, num_cpu_devices: int = 4, timeout: float = 300,
-               env: Optional[Mapping[str, str]] = None) -> Any:
+               env: Optional[Mapping[str, str]] = None, xla_flags: str = "") -> Any:
   """Runs ``code`` in a fresh CPU-only Python with simulated devices.
 
   The device count must be fixed before JAX is imported, hence a subprocess.
-  The code must print one JSON line (the last one is returned).
+  The code must print one JSON line (the last one is returned). ``xla_flags``
+  are appended to ``XLA_FLAGS`` after the device count.
 
   Raises:
     RuntimeError: with the subprocess's output if it fails or prints no JSON.
@@ -181,7 +184,7 @@ def run_python(code: str, num_cpu_devices: int = 4, timeout: float = 300,
   """
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
                         text=True, timeout=timeout,
-                        env=_cpu_env(num_cpu_devices, env))
+                        env=_cpu_env(num_cpu_devices, env, xla_flags))
   if proc.returncode:
     raise RuntimeError(f"subprocess failed (exit {proc.returncode}).\n"
                        f"stdout:\n{proc.stdout[-3000:]}\n"
@@ -191,8 +194,10 @@ def run_python(code: str, num_cpu_devices: int = 4, timeout: float = 300,
 
 def run_local_processes(code: str, num_processes: int = 2,
                         devices_per_process: int = 2,
-                        timeout: float = 120) -> Sequence[Any]:
+                        timeout: float = 120, xla_flags: str = "") -> Sequence[Any]:
   """Runs ``code`` as ``num_processes`` jax.distributed CPU processes.
+
+  ``xla_flags`` are appended to each process's ``XLA_FLAGS``.
 
   Processes talk over 127.0.0.1 on a free port; the ``SBRJAX_*`` variables
   are set so the code can call :func:`initialize_from_env`. All processes
@@ -210,7 +215,7 @@ def run_local_processes(code: str, num_processes: int = 2,
   for pid in range(num_processes):
     env = _cpu_env(devices_per_process, {
         _ENV_ADDR: f"127.0.0.1:{port}", _ENV_NUM: str(num_processes),
-        _ENV_ID: str(pid)})
+        _ENV_ID: str(pid)}, xla_flags)
     # Files, not pipes: a chatty process must never block on a full pipe.
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
     logs.append((out, err))

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from sbrjax.parallel import distributed
+from tests import conftest
 
 _WORKER = r"""
 import json, os, tempfile
@@ -202,7 +203,8 @@ def worker():
   import os  # pylint: disable=g-import-not-at-top
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   return distributed.run_python(f"REPO = {repo!r}\n" + _WORKER,
-                                num_cpu_devices=4, timeout=900)
+                                num_cpu_devices=4, timeout=900,
+                                xla_flags=conftest.SUBPROCESS_XLA_FLAGS)
 
 
 pytestmark = pytest.mark.slow  # one ~2 CPU-minute subprocess (compiles dominate)

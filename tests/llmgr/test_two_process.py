@@ -18,6 +18,7 @@ import pytest
 from sbrjax import config as config_lib
 from sbrjax.parallel import distributed
 from sbrjax.data import prepared
+from tests import conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -108,7 +109,8 @@ def test_two_processes_train_llmgr_like_one(tiny_raw_dir, tmp_path):
           f"DATA = {cfg.data.data_dir!r}\n" + _CODE)
   start = time.time()
   outs = distributed.run_local_processes(code, num_processes=2, devices_per_process=2,
-                                         timeout=300)
+                                         timeout=300,
+                                         xla_flags=conftest.SUBPROCESS_XLA_FLAGS)
   print("two-process seconds:", time.time() - start, [o["seconds"] for o in outs])
   for pi, out in enumerate(outs):
     assert out["initialized"] and out["process_index"] == pi

@@ -12,6 +12,7 @@ import pytest
 import jax
 
 from sbrjax.parallel import distributed
+from tests import conftest
 from sbrjax.parallel import catalog_softmax as item_head
 
 _WORKER = r"""
@@ -127,7 +128,8 @@ _MESHES = ("1x4", "2x2", "4x1")
 
 @pytest.fixture(scope="module")
 def sharded():
-  return distributed.run_python(_WORKER, num_cpu_devices=4, timeout=600)
+  return distributed.run_python(_WORKER, num_cpu_devices=4, timeout=600,
+                                xla_flags=conftest.SUBPROCESS_XLA_FLAGS)
 
 
 def test_worker_saw_four_devices(sharded):

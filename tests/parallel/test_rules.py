@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from sbrjax.parallel import distributed
+from tests import conftest
 from sbrjax.parallel import estimate
 from sbrjax.parallel import mesh as mesh_lib
 from sbrjax.parallel import rules as sharding
@@ -204,7 +205,8 @@ def _run_file(code, tmp_path, name, args, devices):
   path.write_text(code)
   wrapper = (f"import sys, runpy; sys.argv = [{str(path)!r}] + {list(args)!r}; "
              f"runpy.run_path({str(path)!r}, run_name='__main__')")
-  return distributed.run_python(wrapper, num_cpu_devices=devices, timeout=300)
+  return distributed.run_python(wrapper, num_cpu_devices=devices, timeout=300,
+                                xla_flags=conftest.SUBPROCESS_XLA_FLAGS)
 
 
 @pytest.fixture(scope="module")
