@@ -407,3 +407,12 @@ def test_first_slurm_host():
   assert distributed.first_slurm_host("node001,host2") == "node001"
   assert distributed.first_slurm_host("node[007-015],host2") == "node007"
   assert distributed.first_slurm_host("node[001,007-015]") == "node001"
+
+
+def test_subprocess_xla_flags_follow_the_device_count():
+  code = "import json, os; print(json.dumps(os.environ['XLA_FLAGS'].split()))"
+  flags = distributed.run_python(code, num_cpu_devices=3, timeout=60,
+                                 xla_flags="--xla_backend_optimization_level=0")
+  assert flags[-2:] == ["--xla_force_host_platform_device_count=3",
+                        "--xla_backend_optimization_level=0"]
+  assert sum(f.startswith("--xla_force_host_platform_device_count") for f in flags) == 1
