@@ -17,7 +17,8 @@ run; results agree with the default build to float32 rounding, not bit for
 bit (the tiny LLMGR's loss after two steps: 3.7078147 vs 3.7078145), and
 every such test compares against a tolerance. The test process itself keeps
 the default: applied suite-wide, -O0 saved as much compile time as it cost in
-slower generated loops (pytest 826 s vs 820 s). ``SBRJAX_TEST_XLA_O0=0``
+slower generated loops (pytest 826 s vs 820 s, one fresh-clone run each;
+same-code runs on that machine kind vary by a quarter). ``SBRJAX_TEST_XLA_O0=0``
 turns it off.
 """
 

@@ -12,8 +12,8 @@ import pytest
 import jax
 
 from sbrjax.parallel import distributed
-from tests import conftest
 from sbrjax.parallel import catalog_softmax as item_head
+from tests import conftest
 
 _WORKER = r"""
 import json

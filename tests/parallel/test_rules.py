@@ -15,10 +15,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from sbrjax.parallel import distributed
-from tests import conftest
 from sbrjax.parallel import estimate
 from sbrjax.parallel import mesh as mesh_lib
 from sbrjax.parallel import rules as sharding
+from tests import conftest
 
 _PRELUDE = r"""
 import json, time
