@@ -16,12 +16,16 @@ report's ``jax.eval_shape`` of the trainer's own parameter tree (nothing
 allocated). Train-step throughput is also given in GFLOP/s (XLA's count) and
 as a fraction of a matmul peak timed in the same process.
 
+``--full_pass`` times the same steps again with ``llmgr.shared_prefix=False``
+(each row's whole prompt through the LLM, how steps ran before that option)
+and prints the default's speed-ups over it.
+
 ``--bf16`` times the same steps again with ``llm.dtype`` and ``llm.frozen_dtype``
 set to bfloat16 in the same process (bf16 operands, float32 accumulation:
 ``sbrjax.models.lora.matmul``) and prints the speed-ups over float32 and the
 fraction of a bf16 matmul peak.
 
-  python benchmarks/bench_llmgr.py [--steps 5] [--num_items 900] [--bf16]
+  python benchmarks/bench_llmgr.py [--steps 5] [--num_items 900] [--bf16] [--full_pass]
 """
 
 import argparse
@@ -49,6 +53,7 @@ from sbrjax.train import optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BF16 = ("llm.dtype=bfloat16", "llm.frozen_dtype=bfloat16")
+FULL_PASS = ("llmgr.shared_prefix=False",)
 
 
 def _median_step_time(fn, batches):
@@ -149,6 +154,11 @@ def default_throughput(steps: int, overrides=()):
     out[f"{stage}_prompt_tokens"] = width
     out[f"{stage}_padding_fraction"] = 1.0 - real / slots
     out[f"{stage}_timed_steps"] = len(batches) - 1
+    # Leading tokens every prompt of the stage shares, run once per batch when
+    # llmgr.shared_prefix is on (0: none long enough).
+    out[f"{stage}_shared_prefix_tokens"] = (
+        int(batches[0].prefix_ids.shape[1])
+        if model.config.shared_prefix and batches[0].prefix_ids is not None else 0)
     # Minor page faults per compiled step (a second pass over the timed batches):
     # XLA's CPU temp buffer is allocated per step; glibc maps allocations above
     # 32 MiB fresh, so each step touches new pages.
@@ -199,6 +209,11 @@ def main():
   parser.add_argument("--bf16", action="store_true",
                       help="also time llm.dtype=llm.frozen_dtype=bfloat16 in the same process "
                            "(key 'bfloat16', speed-ups over float32 in 'bfloat16_speedup')")
+  parser.add_argument("--full_pass", action="store_true",
+                      help="also time llmgr.shared_prefix=False (every row's whole prompt "
+                           "through the LLM, as before that option) in the same process "
+                           "(key 'full_pass', speed-ups of the default in "
+                           "'shared_prefix_speedup')")
   args = parser.parse_args()
   machine = common.Machine()
   out = {} if args.skip_default else default_throughput(args.steps)
@@ -212,6 +227,11 @@ def main():
     low["bf16_matmul_peak_gflops"] = bf16_peak
     out["bfloat16"] = low
     out["bfloat16_speedup"] = {k: low[k] / out[k] for k in out if k.endswith("_prompts_per_s")}
+  if args.full_pass and not args.skip_default:
+    full = default_throughput(args.steps, FULL_PASS)
+    out["full_pass"] = full
+    out["shared_prefix_speedup"] = {k: out[k] / full[k] for k in out
+                                    if k.endswith("_prompts_per_s")}
   out.update(llama2_7b_sizes(args.num_items))
   out.update(machine.report())
   print(json.dumps(out, indent=2))

@@ -26,6 +26,9 @@ Options (each one line; "beyond" = beyond the paper):
   --config.llmgr.control=no_decoder|shuffle_slots   controls: no decoder blocks /
                                              another session's slot vectors
   --config.sbr.backbone=srgnn|niser|tagnn|...       any backbone sbrjax.models.sbr knows
+  --config.llmgr.shared_prefix=False         run every row's whole prompt through the LLM
+                                             (on by default: the prompt text before the
+                                             first slot runs once per batch; same math)
 """
 
 from sbrjax.llmgr.config import llmgr_config

@@ -107,6 +107,11 @@ def llmgr_config(variant: str = "llmgr") -> ml_collections.ConfigDict:
   # Controls: "no_decoder" removes the LLM's decoder blocks (f_in -> f_out directly,
   # slots mean-pooled); "shuffle_slots" gives every prompt another session's vectors.
   g.control = "none"
+  # Compute the prompt prefix every prompt of a batch shares (the frame and task
+  # text before the first slot) once per batch instead of once per row: the same
+  # result up to float rounding, about half a behavior prompt's compute. False
+  # runs every row in full (how runs before this option computed).
+  g.shared_prefix = True
 
   config.train.optimizer = "adamw"
   config.train.weight_decay = 1e-2

@@ -63,6 +63,10 @@ class PromptBatch(NamedTuple):
     label_mask: bool [B, T] valid labels (at least one per real row).
     behavior: bool [B] behavior prompts (the residual head adds the
       backbone's own scores on these rows only); None: every row.
+    prefix_ids: int32 [B, P] the first P tokens, the same in every row and
+      free of slots (``PromptBatcher.prefix_len``), or None. The model may run
+      them once for the whole batch (``LLMGRConfig.shared_prefix``); P is
+      static through the array's shape.
   """
   sessions: Any
   input_ids: Any
@@ -77,6 +81,7 @@ class PromptBatch(NamedTuple):
   labels: Any = None
   label_mask: Any = None
   behavior: Any = None
+  prefix_ids: Any = None
 
 
 @dataclasses.dataclass
@@ -202,6 +207,32 @@ def subset(examples: TaskExamples, idx: np.ndarray) -> TaskExamples:
                       [examples.prompts[i] for i in idx], source_rows=rows, labels=labels)
 
 
+# Shorter common prefixes are not worth a second pass through the LLM.
+MIN_SHARED_PREFIX = 4
+
+
+def shared_prefix_length(prompts: Sequence[prompts_lib.EncodedPrompt],
+                         minimum: int = MIN_SHARED_PREFIX) -> int:
+  """Tokens every prompt starts with, before any slot and before its last token.
+
+  Those positions hold the same token embeddings in every row of every batch,
+  and causal attention keeps their hidden states independent of what follows,
+  so ``LLMGR`` can compute them once per batch. The last token is never in
+  the prefix (the head reads it). Returns 0 below ``minimum``.
+  """
+  first = np.asarray(prompts[0].tokens)
+  n = min(len(p.tokens) for p in prompts) - 1
+  for p in prompts:
+    if len(p.slot_pos):
+      n = min(n, int(np.min(p.slot_pos)))
+    if n <= 0:
+      return 0
+    diff = np.nonzero(np.asarray(p.tokens[:n]) != first[:n])[0]
+    if diff.size:
+      n = int(diff[0])
+  return n if n >= minimum else 0
+
+
 class PromptBatcher:
   """Fixed-shape ``PromptBatch``es over the union of several tasks' examples.
 
@@ -233,6 +264,7 @@ class PromptBatcher:
     self.max_items = max(1, max(len(p.items) for p in self.prompts))
     longest = max(len(p.tokens) for p in self.prompts)
     prompts_lib.bucket_length(longest, self.buckets)  # raises if one overflows
+    self.prefix_len = shared_prefix_length(self.prompts)
 
   def __len__(self):
     return len(self.prompts)
@@ -255,6 +287,7 @@ class PromptBatcher:
       label_mask[row, :len(self.labels[i])] = True
     arrays["labels"], arrays["label_mask"] = labels, label_mask
     arrays["behavior"] = self.behavior[idx]
+    prefix = self.prompts[0].tokens[:self.prefix_len] if self.prefix_len else None
     pad_rows = self.batch_size - n
     if pad_rows:
       for key, value in arrays.items():
@@ -268,7 +301,9 @@ class PromptBatcher:
                        items=arrays["items"], targets=sessions.targets,
                        mask=sessions.graph_mask, negatives=sessions.negatives,
                        labels=arrays["labels"], label_mask=arrays["label_mask"],
-                       behavior=arrays["behavior"])
+                       behavior=arrays["behavior"],
+                       prefix_ids=None if prefix is None else np.tile(
+                           np.asarray(prefix, np.int32), (self.batch_size, 1)))
 
   def iterate(self, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> Iterator:
     n = len(self)

@@ -81,6 +81,9 @@ class LLMGRConfig:
   head: str = "paper"            # one of HEADS
   node_source: str = "table"     # one of NODE_SOURCES
   control: str = "none"          # one of CONTROLS
+  # Run a batch's shared prompt prefix (PromptBatch.prefix_ids) once and
+  # broadcast its keys/values to every row (exact; see LLMGR.pooled).
+  shared_prefix: bool = False
 
   def __post_init__(self):
     for key, value, choices in (("head", self.head, HEADS),
@@ -291,6 +294,9 @@ class LLMGR(nn.Module):
     """(the head's input [B, D], the backbone's output)."""
     sbr_out, projected = self._slots(batch, deterministic)
     embeds = splice(self.llm.embed(batch.input_ids), projected, batch.slot_pos)
+    if (self.config.shared_prefix and batch.prefix_ids is not None
+        and self.config.control != "no_decoder"):
+      return self._pooled_shared_prefix(batch, embeds, deterministic), sbr_out
     out = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                    return_logits=False, deterministic=deterministic)
     hidden = out.hidden_states  # [B, L, D]
@@ -304,6 +310,35 @@ class LLMGR(nn.Module):
     else:
       last = jnp.take_along_axis(hidden, batch.last_pos[:, None, None], axis=1)[:, 0]
     return last, sbr_out  # [B, D]
+
+  def _pooled_shared_prefix(self, batch: PromptBatch, embeds, deterministic: bool = True):
+    """The last token's hidden state [B, D], the shared prefix computed once.
+
+    The first P positions (``batch.prefix_ids``) hold the same token embeddings
+    in every row and no slot, and causal attention keeps their keys and values
+    independent of what follows, so they run as one row whose KV cache is
+    broadcast to the batch; the B rows then run only their L - P remaining
+    positions against it. Positions, masks and attention are those of the full
+    pass (the same values up to float rounding; tested). Under LoRA dropout
+    the prefix rows share one dropout draw per batch instead of one per row.
+    """
+    llm_cfg = self.config.llm
+    b, l = embeds.shape[:2]
+    p = batch.prefix_ids.shape[1]
+    cache = llama_lib.init_cache(llm_cfg, 1, l)
+    pre = self.llm(inputs_embeds=self.llm.embed(batch.prefix_ids[:1]),
+                   attention_mask=jnp.ones((1, p), jnp.int32), return_logits=False,
+                   deterministic=deterministic, cache=cache).cache
+    rows = lambda x: jnp.broadcast_to(x, (b,) + x.shape[1:])
+    cache = {"k": tuple(map(rows, pre["k"])), "v": tuple(map(rows, pre["v"])),
+             "mask": rows(pre["mask"]), "index": pre["index"]}
+    out = self.llm(inputs_embeds=embeds[:, p:], attention_mask=batch.attention_mask[:, p:],
+                   return_logits=False, deterministic=deterministic, cache=cache)
+    hidden = out.hidden_states  # [B, L - P, D]
+    # Padded rows (last_pos 0) read their first remaining position, as they read
+    # position 0 in the full pass: a finite value the loss masks out.
+    at = jnp.maximum(batch.last_pos - p, 0)
+    return jnp.take_along_axis(hidden, at[:, None, None], axis=1)[:, 0]
 
   def __call__(self, batch: PromptBatch, deterministic: bool = True,
                features_only: bool = False):

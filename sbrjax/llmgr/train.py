@@ -233,7 +233,8 @@ def model_config(config, sbr_cfg, llm_cfg, num_items: int) -> model_lib.LLMGRCon
   return model_lib.LLMGRConfig(sbr=sbr_cfg, llm=llm_cfg, num_items=num_items,
                                head_hidden=int(g.head_hidden), head=str(g.head),
                                node_source=node_source(config, sbr_cfg),
-                               control=str(g.control))
+                               control=str(g.control),
+                               shared_prefix=bool(g.shared_prefix))
 
 
 def build_model_and_params(config, data, sbr_cfg, sbr_params, seed):
