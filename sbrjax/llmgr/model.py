@@ -82,7 +82,8 @@ class LLMGRConfig:
   node_source: str = "table"     # one of NODE_SOURCES
   control: str = "none"          # one of CONTROLS
   # Run a batch's shared prompt prefix (PromptBatch.prefix_ids) once and
-  # broadcast its keys/values to every row (exact; see LLMGR.pooled).
+  # broadcast its keys/values to every row (the same math up to float rounding;
+  # see LLMGR._pooled_shared_prefix). Off here; the configs turn it on.
   shared_prefix: bool = False
 
   def __post_init__(self):

@@ -28,14 +28,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PH = 0  # placeholder id of the byte tokenizer (its pad id)
 
 
-@pytest.fixture()
-def cfg(tiny_raw_dir, tmp_path):
-  c = config_lib.load_config_file(os.path.join(REPO, "configs", "llmgr_tiny.py"))
-  c.data.manual_dir = tiny_raw_dir
-  c.data.data_dir = str(tmp_path / "data")
-  return c
-
-
 def _encoder(max_len=8, max_nodes=3, **kwargs):
   tok = llm_api.ByteTokenizer()
   texts = [tok.encode(" item number %d" % i) for i in range(30)]

@@ -1,6 +1,5 @@
 """LLMGR heads, controls and backbones: against NumPy computations of the same formulas."""
 
-import os
 
 import flax.linen as nn
 import jax
@@ -8,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbrjax import config as config_lib
 from sbrjax.data import graphs as graphs_lib
 from sbrjax.data import prepared
 from sbrjax.llmgr import examples as llmgr_data
@@ -17,8 +15,6 @@ from sbrjax.llmgr import model as llmgr_lib
 from sbrjax.llmgr import train as train_llmgr
 from sbrjax.models import sbr as sbr_lib
 from sbrjax.sbr import train as train_sbr
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _gelu(x):  # flax's nn.gelu (tanh approximation)
@@ -45,14 +41,6 @@ def test_tied_head_logits_equal_numpy(hidden):
 
 
 # ---------------------------------------------------------------- the whole model
-
-
-@pytest.fixture()
-def cfg(tiny_raw_dir, tmp_path):
-  c = config_lib.load_config_file(os.path.join(REPO, "configs", "llmgr_tiny.py"))
-  c.data.manual_dir = tiny_raw_dir
-  c.data.data_dir = str(tmp_path / "data")
-  return c
 
 
 def _setup(cfg, backbone_params=None):

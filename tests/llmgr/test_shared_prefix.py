@@ -1,7 +1,6 @@
 """The shared prompt prefix: run once per batch, the same scores and gradients as the full pass."""
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,6 @@ import numpy as np
 import optax
 import pytest
 
-from sbrjax import config as config_lib
 from sbrjax.data import graphs as graphs_lib
 from sbrjax.data import prepared
 from sbrjax.llmgr import examples as llmgr_data
@@ -18,8 +16,6 @@ from sbrjax.llmgr import prompts as prompts_lib
 from sbrjax.llmgr import train as train_llmgr
 from sbrjax.models import sbr as sbr_lib
 from sbrjax.sbr import train as train_sbr
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _prompt(tokens, slots=()):
@@ -42,14 +38,6 @@ def test_shared_prefix_length_stops_at_a_difference_a_slot_and_the_last_token():
   assert llmgr_data.shared_prefix_length([_prompt(same), _prompt(same + [3])], minimum=1) == 6
   # Below the minimum: not worth a second pass.
   assert llmgr_data.shared_prefix_length([_prompt(same + [0])], minimum=8) == 0
-
-
-@pytest.fixture()
-def cfg(tiny_raw_dir, tmp_path):
-  c = config_lib.load_config_file(os.path.join(REPO, "configs", "llmgr_tiny.py"))
-  c.data.manual_dir = tiny_raw_dir
-  c.data.data_dir = str(tmp_path / "data")
-  return c
 
 
 def _setup(cfg):
