@@ -25,6 +25,9 @@ _CASES = flags.DEFINE_integer("cases", 3, "LLM4SBR case studies (test rows) to s
 _CASE_SEED = flags.DEFINE_integer("case_seed", 0, "Seed drawing the case-study rows.")
 _LABELS = flags.DEFINE_list("labels", None, "Display names, one per --workdir.")
 _PCA = flags.DEFINE_bool("pca", True, "Draw the PCA of LLMGR runs' item embeddings.")
+_RESIDUAL = flags.DEFINE_bool(
+    "residual_parts", False,
+    "Re-evaluate residual-head LLMGR runs with parts of the correction zeroed (loads the LLM).")
 
 
 def main(argv):
@@ -42,7 +45,7 @@ def main(argv):
         _WORKDIR.value, _OUT.value, split=_SPLIT.value, length_threshold=_LENGTH.value,
         cold_threshold=_COLD.value, table_ks=[int(k) for k in _KS.value],
         cases=_CASES.value, case_seed=_CASE_SEED.value, labels=_LABELS.value,
-        pca=_PCA.value)
+        pca=_PCA.value, residual_parts=_RESIDUAL.value)
   except (runs.RunError, ValueError) as e:
     print(f"sbrjax.analyze: {e}", file=sys.stderr)
     return 2

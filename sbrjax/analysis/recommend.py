@@ -220,8 +220,13 @@ def _sbr_scorer(run, data, params, top_k):
   return score
 
 
-def _llmgr_scorer(run, data, params, top_k):
-  from sbrjax.llmgr import examples as examples_lib  # pylint: disable=g-import-not-at-top
+def llmgr_model(run, data, params):
+  """(model, prompt encoder, pad id) of an LLMGR run whose checkpoint is ``params``.
+
+  Raises:
+    RecommendError: the run's LLM cannot be loaded, or the checkpoint does not
+      fit the model its ``config.json`` describes.
+  """
   from sbrjax.llmgr import train as llmgr_train  # pylint: disable=g-import-not-at-top
   from sbrjax.sbr import train as sbr_train  # pylint: disable=g-import-not-at-top
   config = run.config
@@ -235,6 +240,14 @@ def _llmgr_scorer(run, data, params, top_k):
   _check_tree(assembled, params, run.stage_best_dir())
   del assembled
   encoder, pad_id = llmgr_train.make_encoder(config, data, tokenizer)
+  return model, encoder, pad_id
+
+
+def _llmgr_scorer(run, data, params, top_k):
+  from sbrjax.llmgr import examples as examples_lib  # pylint: disable=g-import-not-at-top
+  from sbrjax.llmgr import train as llmgr_train  # pylint: disable=g-import-not-at-top
+  config = run.config
+  model, encoder, pad_id = llmgr_model(run, data, params)
   evaluate = llmgr_train.make_evaluator(model, tuple(config.eval.ks), top_k=top_k)
 
   def score(sessions):

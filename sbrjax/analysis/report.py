@@ -22,7 +22,11 @@ writes into ``--out``:
   task, one line per head and number of decoder blocks, the backbone alone
   dashed (when the LLMGR runs given span two or more of those settings;
   ``sbrjax.analysis.scaling``), with its table in ``summary.md``;
-* LLM4SBR case studies (in ``summary.md``).
+* LLM4SBR case studies (in ``summary.md``);
+* ``residual_parts.json`` (with ``residual_parts=True``): each residual-head
+  LLMGR run's validation and test NDCG@K with parts of its correction zeroed
+  (``sbrjax.analysis.residual``; loads each run's LLM), its table in
+  ``summary.md``.
 
 Tables: metrics by session length and by cold / warm target item
 (``sbrjax.analysis.groups``) of each run's per-example file
@@ -44,6 +48,7 @@ from sbrjax.analysis import cases as cases_lib
 from sbrjax.analysis import groups as groups_lib
 from sbrjax.analysis import pca as pca_lib
 from sbrjax.analysis import plots
+from sbrjax.analysis import residual as residual_lib
 from sbrjax.analysis import runs as runs_lib
 from sbrjax.analysis import scaling as scaling_lib
 from sbrjax.analysis import seeds as seeds_lib
@@ -166,7 +171,8 @@ def analyze(workdirs: Sequence[str], out_dir: str, *, split: str = "test",
             length_threshold: int = groups_lib.DEFAULT_LENGTH_THRESHOLD,
             cold_threshold: int = groups_lib.DEFAULT_COLD_THRESHOLD,
             table_ks: Sequence[int] = (10, 20), cases: int = 3, case_seed: int = 0,
-            labels: Optional[Sequence[str]] = None, pca: bool = True) -> str:
+            labels: Optional[Sequence[str]] = None, pca: bool = True,
+            residual_parts: bool = False) -> str:
   """Writes the analyses of ``workdirs`` into ``out_dir``; returns the summary text."""
   if not workdirs:
     raise ValueError("give at least one --workdir.")
@@ -230,6 +236,15 @@ def analyze(workdirs: Sequence[str], out_dir: str, *, split: str = "test",
                f"{case_seed}:", ""] + sum(([s, ""] for s in studies), [])
       except (cases_lib.CaseStudyError, FileNotFoundError, ValueError) as e:
         md += [f"Case studies of {label} skipped: {e}"]
+  if residual_parts:
+    text, parts = residual_lib.section(runs, labels, table_ks)
+    if text is None:
+      raise ValueError("--residual_parts: none of the runs is an LLMGR run with "
+                       "llmgr.head=residual.")
+    md += ["", "## The residual head's correction, part by part", "",
+           "Each run's best checkpoint re-evaluated with parts of the correction "
+           "zeroed (`sbrjax.analysis.residual`; a post-hoc ablation).", "", text]
+    _write_text(os.path.join(out_dir, "residual_parts.json"), json.dumps(parts, indent=2))
   curves = sweep_section(runs, out_dir, table_ks)
   if curves:
     md += ["", "## LLM4SBR sweeps", ""] + curves

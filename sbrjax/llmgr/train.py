@@ -303,6 +303,17 @@ def fit_head_on(model, params, behavior: examples_lib.TaskExamples, config, pad_
                             ridge=float(config.llmgr.head_init_ridge))
 
 
+def eval_batcher(config, split, encoder, pad_id: int):
+  """(batcher, source rows) of the behavior prompts an evaluation of ``split`` scores
+  (``config.llmgr.eval_limit`` of its rows, drawn with ``config.seed``)."""
+  ex = examples_lib.behavior_examples(split, encoder, limit=int(config.llmgr.eval_limit),
+                                      seed=int(config.seed))
+  batcher = examples_lib.PromptBatcher(
+      [ex], max_len=int(config.data.max_len), batch_size=int(config.eval.batch_size),
+      length_buckets=tuple(config.llmgr.length_buckets), pad_id=pad_id)
+  return batcher, ex.source_rows
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   t_start = time.perf_counter()
   seed = int(config.seed)
@@ -335,13 +346,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                          f"{prompts_lib.TASKS}.")
     return cache[task]
 
-  def eval_batcher(split):
-    ex = examples_lib.behavior_examples(split, encoder, limit=int(g.eval_limit), seed=seed)
-    return examples_lib.PromptBatcher([ex], max_len=max_len, batch_size=int(config.eval.batch_size),
-                                    length_buckets=buckets, pad_id=pad_id), ex.source_rows
-
-  (valid_batcher, _), (test_batcher, test_rows) = (eval_batcher(data.valid),
-                                                    eval_batcher(data.test))
+  (valid_batcher, _), (test_batcher, test_rows) = (
+      eval_batcher(config, data.valid, encoder, pad_id),
+      eval_batcher(config, data.test, encoder, pad_id))
   check_tree(model, params, next(valid_batcher.iterate(shuffle=False)))
   writer = writer_lib.MetricWriter(os.path.join(workdir, "tensorboard", "llmgr"))
   writer.write_text("config", config.to_json_best_effort(indent=2))
