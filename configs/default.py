@@ -7,7 +7,7 @@ import os
 
 from sbrjax.config import load_config_file
 
-DEFAULT = "llmgr_residual_ml100k.py"
+DEFAULT = "llmgr_residual_tuned_ml100k.py"
 
 
 def get_config():
