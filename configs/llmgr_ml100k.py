@@ -1,9 +1,10 @@
 """LLMGR on ml-100k with SmolLM2-135M-Instruct: the paper's choices at CPU scale.
 
-The embedded default (configs/default.py) is configs/llmgr_residual_ml100k.py:
-this file plus two options beyond the paper (the residual head and a lower
-rate for the backbone), because this paper-exact configuration stays far
-below its GC-SAN backbone at this scale (README, LLMGR results).
+The embedded default (configs/default.py) is
+configs/llmgr_residual_tuned_ml100k.py: this file plus options beyond the
+paper (the residual head and per-label rates in the major stage: backbone
+1e-4, head 3e-4), because this paper-exact configuration stays far below its
+GC-SAN backbone at this scale (README, LLMGR results).
 
 Runs offline on a fresh 2-core machine within about 15 minutes: ml-100k comes
 from the recbole==1.2.1 wheel, SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)
@@ -18,7 +19,7 @@ then major stage {SBR, f_out}.
 
 Beyond the paper (options, off here; see configs/llmgr_music.py's list):
   * --config.llmgr.head=residual: GC-SAN's own scores plus a correction the
-    LLM learns (on in configs/llmgr_residual_ml100k.py, the default);
+    LLM learns (on in configs/llmgr_residual_ml100k.py and the default);
   * --config.llmgr.head_init=backbone: at the start of the major stage the
     item head's output layer is fitted to the backbone (ridge map from the
     LLM state to GC-SAN's session vector, composed with its item table), so

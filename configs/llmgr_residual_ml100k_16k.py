@@ -1,4 +1,4 @@
-"""The embedded default with 16,384 training prompts per task: a scaling point.
+"""The residual configuration with 16,384 training prompts per task: a scaling point.
 
 configs/llmgr_residual_ml100k.py (residual head and backbone rate 1e-4, both
 beyond the paper) with four times the training prompts per task and stage
