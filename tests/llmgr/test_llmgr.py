@@ -23,6 +23,7 @@ from sbrjax.llmgr import examples as llmgr_data
 from sbrjax.data import prepared
 from sbrjax.llmgr import prompts as prompts_lib
 from sbrjax.llmgr import model as llmgr_lib
+from tests.llmgr import tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PH = 0  # placeholder id of the byte tokenizer (its pad id)
@@ -129,16 +130,7 @@ def test_unknown_task_is_an_error():
 # ---------------------------------------------------------------- model + steps
 
 
-def _setup(cfg):
-  data = prepared.load_prepared(cfg.data)
-  sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
-  from sbrjax.data import graphs as graphs_lib
-  sbr_model = train_sbr.sbr_lib.create_model(sbr_cfg)
-  first = graphs_lib.make_batch(graphs_lib.build_graphs(data.train, 8), np.arange(2), 2)
-  sbr_params = train_sbr.init_params(sbr_model, first, 0)
-  model, params, tok = train_llmgr.build_model_and_params(cfg, data, sbr_cfg, sbr_params, 0)
-  enc, pad = train_llmgr.make_encoder(cfg, data, tok)
-  return data, model, params, enc, pad
+_setup = tiny_model.build
 
 
 def _batch(examples, pad):

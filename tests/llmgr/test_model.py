@@ -7,14 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbrjax.data import graphs as graphs_lib
-from sbrjax.data import prepared
 from sbrjax.llmgr import examples as llmgr_data
 from sbrjax.llmgr import head_init
 from sbrjax.llmgr import model as llmgr_lib
 from sbrjax.llmgr import train as train_llmgr
 from sbrjax.models import sbr as sbr_lib
-from sbrjax.sbr import train as train_sbr
+from tests.llmgr import tiny_model
 
 
 def _gelu(x):  # flax's nn.gelu (tanh approximation)
@@ -43,15 +41,7 @@ def test_tied_head_logits_equal_numpy(hidden):
 # ---------------------------------------------------------------- the whole model
 
 
-def _setup(cfg, backbone_params=None):
-  data = prepared.load_prepared(cfg.data)
-  sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
-  sbr_model = sbr_lib.create_model(sbr_cfg)
-  first = graphs_lib.make_batch(graphs_lib.build_graphs(data.train, 8), np.arange(2), 2)
-  sbr_params = backbone_params or train_sbr.init_params(sbr_model, first, 0)
-  model, params, tok = train_llmgr.build_model_and_params(cfg, data, sbr_cfg, sbr_params, 0)
-  enc, pad = train_llmgr.make_encoder(cfg, data, tok)
-  return data, model, params, enc, pad
+_setup = tiny_model.build
 
 
 def _batch(data, enc, pad, limit=8):

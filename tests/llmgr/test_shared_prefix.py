@@ -8,14 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from sbrjax.data import graphs as graphs_lib
-from sbrjax.data import prepared
 from sbrjax.llmgr import examples as llmgr_data
 from sbrjax.llmgr import model as llmgr_lib
 from sbrjax.llmgr import prompts as prompts_lib
-from sbrjax.llmgr import train as train_llmgr
-from sbrjax.models import sbr as sbr_lib
-from sbrjax.sbr import train as train_sbr
+from tests.llmgr import tiny_model
 
 
 def _prompt(tokens, slots=()):
@@ -41,12 +37,7 @@ def test_shared_prefix_length_stops_at_a_difference_a_slot_and_the_last_token():
 
 
 def _setup(cfg):
-  data = prepared.load_prepared(cfg.data)
-  sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
-  first = graphs_lib.make_batch(graphs_lib.build_graphs(data.train, 8), np.arange(2), 2)
-  sbr_params = train_sbr.init_params(sbr_lib.create_model(sbr_cfg), first, 0)
-  model, params, tok = train_llmgr.build_model_and_params(cfg, data, sbr_cfg, sbr_params, 0)
-  enc, pad = train_llmgr.make_encoder(cfg, data, tok)
+  data, model, params, enc, pad = tiny_model.build(cfg)
   # Every parameter away from its initial value (LoRA's B and the residual head
   # start at zero), so each one reaches the scores.
   leaves, treedef = jax.tree_util.tree_flatten(params)

@@ -1,43 +1,23 @@
 """sbrjax.analysis.residual: the residual head's correction, part by part."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sbrjax import config as config_lib
 from sbrjax.analysis import report
 from sbrjax.analysis import residual as residual_lib
 from sbrjax.analysis import runs as runs_lib
-from sbrjax.data import graphs as graphs_lib
-from sbrjax.data import prepared
 from sbrjax.llmgr import examples as llmgr_data
-from sbrjax.llmgr import train as train_llmgr
 from sbrjax.models import sbr as sbr_lib
-from sbrjax.sbr import train as train_sbr
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.llmgr import tiny_model
 
 
-def _tiny_cfg(tiny_raw_dir, root):
-  c = config_lib.load_config_file(os.path.join(REPO, "configs", "llmgr_tiny.py"))
-  c.data.manual_dir = tiny_raw_dir
-  c.data.data_dir = str(root / "data")
-  c.llmgr.head = "residual"
-  return c
-
-
-def test_each_part_zeroed_scores_as_its_formula(tiny_raw_dir, tmp_path):
-  cfg = _tiny_cfg(tiny_raw_dir, tmp_path)
-  data = prepared.load_prepared(cfg.data)
-  sbr_cfg = train_sbr.sbr_config(cfg, data.num_items)
-  first = graphs_lib.make_batch(graphs_lib.build_graphs(data.train, 8), np.arange(2), 2)
-  sbr_params = train_sbr.init_params(sbr_lib.create_model(sbr_cfg), first, 0)
-  model, params, tok = train_llmgr.build_model_and_params(cfg, data, sbr_cfg, sbr_params, 0)
-  enc, pad = train_llmgr.make_encoder(cfg, data, tok)
+def test_each_part_zeroed_scores_as_its_formula(cfg):
+  cfg.llmgr.head = "residual"
+  data, model, params, enc, pad = tiny_model.build(cfg)
   ex = llmgr_data.behavior_examples(data.train, enc, limit=6)
   batch = next(llmgr_data.PromptBatcher([ex], max_len=8, batch_size=8,
                                         length_buckets=(128, 192), pad_id=pad
@@ -76,10 +56,9 @@ def test_residual_parts_reject_runs_without_a_residual_head(tiny_llmgr_run):
 
 
 @pytest.mark.slow
-def test_all_parts_reproduce_the_runs_results_and_the_report_lists_them(tiny_raw_dir,
-                                                                        tmp_path):
+def test_all_parts_reproduce_the_runs_results_and_the_report_lists_them(cfg, tmp_path):
   from sbrjax import pipeline  # pylint: disable=g-import-not-at-top
-  cfg = _tiny_cfg(tiny_raw_dir, tmp_path)
+  cfg.llmgr.head = "residual"
   wd = str(tmp_path / "run")
   pipeline.run(cfg, wd)
   run = runs_lib.open_run(wd)
