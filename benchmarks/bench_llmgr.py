@@ -2,8 +2,9 @@
 
 Prints JSON: prompts/s of a stage-1 (aux) train step, a stage-2 (major) train
 step and evaluation for configs/llmgr_ml100k.py (the paper head; the embedded
-default, configs/llmgr_residual_ml100k.py, differs only in its item head, a
-d x |V| product either way; real SmolLM2 weights and
+default, configs/llmgr_residual_tuned_ml100k.py, differs in its item head, a
+d x |V| product either way, and in per-label learning rates, which cost
+nothing; real SmolLM2 weights and
 tokenizer, real ml-100k prompts; medians over steps after compilation), with
 where a step's time goes: the forward pass alone (``*_forward_prompts_per_s``;
 the rest of a step is the backward pass and the update), XLA's FLOP count
