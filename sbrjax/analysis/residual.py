@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from sbrjax.analysis import runs as runs_lib
+from sbrjax.analysis import seeds as seeds_lib
 
 # (name, keep the item bias, keep the LLM-dependent projection)
 PARTS: Tuple[Tuple[str, bool, bool], ...] = (
@@ -83,7 +84,8 @@ def residual_parts(run: runs_lib.Run, splits: Sequence[str] = ("valid", "test"),
 def markdown(rows: Sequence[Tuple[str, Dict[str, Dict[str, Dict[str, float]]]]],
              k: int = 10) -> str:
   """One table: label, split, then NDCG@k sampled / full of each part. Runs
-  sharing a label are averaged (mean ± SD over them, "n runs" column)."""
+  sharing a label are averaged (mean ± SD over them, "runs" column); a
+  missing metric shows as "–"."""
   by_label: Dict[str, List[Dict[str, Dict[str, Dict[str, float]]]]] = {}
   for label, parts in rows:
     by_label.setdefault(label, []).append(parts)
@@ -91,18 +93,19 @@ def markdown(rows: Sequence[Tuple[str, Dict[str, Dict[str, Dict[str, float]]]]],
   head = ["run", "runs", "split"] + [f"{n} (NDCG@{k} sampled / full)" for n in names]
   md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-  def cell(values: List[float]) -> str:
-    if len(values) == 1:
-      return f"{values[0]:.4f}"
-    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+  def cell(group, split: str, name: str, key: str) -> str:
+    values = np.array([g[split][name][key] for g in group if key in g[split][name]])
+    rec = {"n": len(group), "mean": {}, "sd": {}, "n_by_key": {}}
+    if values.size:  # the statistics and format of the seed table (seeds_lib.cell)
+      rec["mean"][key] = float(values.mean())
+      rec["sd"][key] = float(values.std(ddof=1)) if values.size > 1 else None
+      rec["n_by_key"][key] = int(values.size)
+    return seeds_lib.cell(rec, key)
 
   for label, group in by_label.items():
     for split in group[0]:
-      cells = []
-      for name in names:
-        s = [g[split][name].get(f"sampled/NDCG@{k}", np.nan) for g in group]
-        f = [g[split][name][f"full/NDCG@{k}"] for g in group]
-        cells.append(f"{cell(s)} / {cell(f)}")
+      cells = [f"{cell(group, split, n, f'sampled/NDCG@{k}')} / "
+               f"{cell(group, split, n, f'full/NDCG@{k}')}" for n in names]
       md.append(f"| {label} | {len(group)} | {split} | " + " | ".join(cells) + " |")
   return "\n".join(md)
 
